@@ -1,0 +1,40 @@
+"""Resource schemas (pydantic), YAML loading and validation errors. Imports nothing of ours."""
+
+from .deployments import Deployment, DeploymentSpec, DeploymentStatus, Resources, Role, RoleStatus
+from .endpoints import Endpoint, EndpointSink
+from .kinds import KINDS, PLURALS, AnyResource, kind_from_plural, kind_from_user
+from .loading import ManifestError, Problem, load_documents, load_file, load_text, parse_resource
+from .meta import API_VERSION, Condition, ObjectMeta, Resource
+from .models import Model, ModelSpec
+from .pools import Pool, PoolSpec, PoolStatus
+
+__all__ = [
+    "API_VERSION",
+    "KINDS",
+    "PLURALS",
+    "AnyResource",
+    "Condition",
+    "Deployment",
+    "DeploymentSpec",
+    "DeploymentStatus",
+    "Endpoint",
+    "EndpointSink",
+    "ManifestError",
+    "Model",
+    "ModelSpec",
+    "ObjectMeta",
+    "Pool",
+    "PoolSpec",
+    "PoolStatus",
+    "Problem",
+    "Resource",
+    "Resources",
+    "Role",
+    "RoleStatus",
+    "kind_from_plural",
+    "kind_from_user",
+    "load_documents",
+    "load_file",
+    "load_text",
+    "parse_resource",
+]

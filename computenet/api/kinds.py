@@ -1,0 +1,39 @@
+"""Every kind by name, and the names a user may type for it (`deploy`, `deployments`, ...)."""
+
+from __future__ import annotations
+
+from .deployments import Deployment
+from .meta import Resource
+from .models import Model
+from .pools import Pool
+
+AnyResource = Model | Deployment | Pool
+
+KINDS: dict[str, type[Resource]] = {"Model": Model, "Deployment": Deployment, "Pool": Pool}
+
+# Lower-case plural, as in URLs: /api/v1/deployments/NAME
+PLURALS: dict[str, str] = {"Model": "models", "Deployment": "deployments", "Pool": "pools"}
+
+_ALIASES: dict[str, str] = {
+    "model": "Model",
+    "models": "Model",
+    "mo": "Model",
+    "deployment": "Deployment",
+    "deployments": "Deployment",
+    "deploy": "Deployment",
+    "pool": "Pool",
+    "pools": "Pool",
+}
+
+
+def kind_from_user(text: str) -> str:
+    """Resolve what a user typed (`deploy`, `Models`, ...) to a kind, or raise with the choices."""
+    kind = _ALIASES.get(text.lower())
+    if kind is None:
+        choices = ", ".join(sorted({*PLURALS.values()}))
+        raise ValueError(f"unknown resource type {text!r}; use one of: {choices}")
+    return kind
+
+
+def kind_from_plural(plural: str) -> str | None:
+    return next((kind for kind, p in PLURALS.items() if p == plural), None)

@@ -1,0 +1,164 @@
+"""`computenet`: a kubectl-like command line over the control API, plus `up`.
+
+Exit codes: 0 success, 1 an operational error (server unreachable, not found),
+2 invalid input (a bad manifest or flag); nothing is applied when the exit is 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from computenet import __version__
+from computenet.api import PLURALS, ManifestError, kind_from_user, load_file, load_text
+
+from .client import CliError, ControlClient, find_server
+from .output import render
+
+DEFAULT_STATE_DIR = Path("~/.computenet")
+BUNDLED_DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global flags are accepted before or after the command, as kubectl does.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default=argparse.SUPPRESS, help="control API URL")
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="default: $COMPUTENET_STATE_DIR or ~/.computenet",
+    )
+    parser = argparse.ArgumentParser(
+        prog="computenet", description="Serve LLMs across a fleet of compute.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = functools.partial(commands.add_parser, parents=[common])
+
+    up = add("up", help="run control plane, gateway and local pool in one process tree")
+    up.add_argument(
+        "-f", "--filename", type=Path, default=BUNDLED_DEMO, help="manifest to apply (default: demo)"
+    )
+    up.add_argument("--port", type=int, default=8080, help="port of the gateway and control API")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+
+    apply = add("apply", help="create or update resources from a file ('-' for stdin)")
+    apply.add_argument("-f", "--filename", required=True)
+    apply.add_argument("--dry-run", action="store_true", help="validate on the server, change nothing")
+
+    get = add("get", help="list resources or show one")
+    get.add_argument("kind", metavar="KIND", help="models, deployments, pools or replicas")
+    get.add_argument("name", nargs="?", metavar="NAME")
+    get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+
+    delete = add("delete", help="delete a resource")
+    delete.add_argument("kind", metavar="KIND")
+    delete.add_argument("name", metavar="NAME")
+
+    logs = add("logs", help="print a replica's output")
+    logs.add_argument("replica", metavar="REPLICA")
+    logs.add_argument("--tail", type=int, default=None, help="only the last N lines")
+
+    add("version", help="print client and server versions")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    state_dir = (
+        getattr(args, "state_dir", None) or Path(os.environ.get("COMPUTENET_STATE_DIR", DEFAULT_STATE_DIR))
+    ).expanduser()
+    try:
+        if args.command == "up":
+            from .up import run_up  # starts servers: import only when needed
+
+            sys.exit(run_up(args.filename, state_dir=state_dir, host=args.host, port=args.port))
+        client = ControlClient(
+            find_server(getattr(args, "server", None), os.environ.get("COMPUTENET_SERVER"), state_dir)
+        )
+        COMMANDS[args.command](client, args)
+    except ManifestError as exc:
+        _fail(str(exc), 2, prefix="error: ")
+    except CliError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _fail(message: str, code: int, prefix: str = "") -> None:
+    for line in message.splitlines():
+        print(prefix + line, file=sys.stderr)
+    sys.exit(code)
+
+
+def cmd_apply(client: ControlClient, args: argparse.Namespace) -> None:
+    if args.filename == "-":
+        resources = load_text(sys.stdin.read(), source="<stdin>")
+    else:
+        resources = load_file(args.filename)
+    body = {"items": [r.to_wire() for r in resources], "source": Path(args.filename).name}
+    result = client.json("POST", "/apply", json=body, params={"dryRun": "true"} if args.dry_run else None)
+    for item in result["results"]:
+        suffix = " (dry run)" if args.dry_run else ""
+        print(f"{item['kind'].lower()}.computenet.io/{item['name']} {item['action']}{suffix}")
+
+
+def cmd_get(client: ControlClient, args: argparse.Namespace) -> None:
+    if args.kind.lower() in ("replica", "replicas", "rep"):
+        items = client.json("GET", "/replicas")["items"]
+        if args.name:
+            items = [r for r in items if r["name"] == args.name]
+            if not items:
+                raise CliError(
+                    f'error: replica "{args.name}" not found; `computenet get replicas` lists them'
+                )
+        print(render("Replica", items[0] if args.name and args.output != "table" else items, args.output))
+        return
+    kind = _kind(args.kind)
+    path = f"/{PLURALS[kind]}" + (f"/{args.name}" if args.name else "")
+    data = client.json("GET", path)
+    print(render(kind, data if args.name else data["items"], args.output))
+
+
+def cmd_delete(client: ControlClient, args: argparse.Namespace) -> None:
+    kind = _kind(args.kind)
+    client.request("DELETE", f"/{PLURALS[kind]}/{args.name}")
+    print(f"{kind.lower()}.computenet.io/{args.name} deleted")
+
+
+def cmd_logs(client: ControlClient, args: argparse.Namespace) -> None:
+    params = {"tailLines": args.tail} if args.tail else None
+    sys.stdout.write(client.request("GET", f"/replicas/{args.replica}/log", params=params).text)
+
+
+def cmd_version(client: ControlClient, _args: argparse.Namespace) -> None:
+    print(f"Client Version: {__version__}")
+    try:
+        info = client.json("GET", "/version")
+        print(f"Server Version: {info['version']} ({client.server})")
+    except CliError:
+        print(f"Server Version: <unreachable at {client.server}>")
+
+
+def _kind(text: str) -> str:
+    try:
+        return kind_from_user(text)
+    except ValueError as exc:
+        raise CliError(f"error: {exc}, or replicas", exit_code=2) from exc
+
+
+COMMANDS = {
+    "apply": cmd_apply,
+    "get": cmd_get,
+    "delete": cmd_delete,
+    "logs": cmd_logs,
+    "version": cmd_version,
+}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""`computenet up`: the embedded mode. Store, reconciler, local pool and gateway in one process.
+
+One port serves both the OpenAI-compatible gateway (``/v1``) and the control API
+(``/api/v1``). Signals are ours, not uvicorn's: SIGINT or SIGTERM stops accepting
+requests, then stops every replica, then exits. If this process dies without that
+chance, the kernel kills the replicas (see `computenet.pools.launcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, Pool, load_file
+from computenet.control import Reconciler, create_control_app
+from computenet.gateway import EndpointRegistry, Gateway, create_gateway_app
+from computenet.pools import LocalPool
+from computenet.store import ResourceStore, SchemaTooNew, sqlite_url
+
+from .client import SERVER_FILE
+
+log = logging.getLogger("computenet")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # `up` installs its own handlers so that shutdown runs our cleanup first
+
+
+def run_up(manifest: Path, *, state_dir: Path, host: str, port: int) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        resources = load_file(manifest)
+    except ManifestError as exc:
+        print("\n".join(f"error: {p}" for p in exc.problems), file=sys.stderr)
+        return 2
+    if not _port_free(host, port):
+        print(f"error: port {port} on {host} is in use; pass --port N to use another", file=sys.stderr)
+        return 1
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(_serve(resources, state_dir=state_dir, host=host, port=port))
+    except SchemaTooNew as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, port: int) -> None:
+    store = await ResourceStore.open(sqlite_url(state_dir))
+    pool = LocalPool(state_dir=state_dir, host="127.0.0.1")
+    gateway = Gateway(EndpointRegistry())
+    reconciler = Reconciler(store, {pool.name: pool}, gateway.registry)
+    server = _Server(
+        uvicorn.Config(
+            _app(gateway, create_control_app(store, reconciler)),
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _request_exit, server)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await _ensure_local_pool(store, pool.name)
+        await store.apply_all(resources)
+        await gateway.start()
+        tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+        tasks.append(asyncio.create_task(_announce(server, url, state_dir, resources), name="banner"))
+        await server.serve()
+    finally:
+        log.info("shutting down: stopping replicas")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pool.close()
+        await gateway.close()
+        await store.close()
+        (state_dir / SERVER_FILE).unlink(missing_ok=True)
+        log.info("stopped")
+
+
+def _app(gateway: Gateway, control: Starlette) -> Starlette:
+    return Starlette(routes=[Mount("/api", app=control), Mount("", app=create_gateway_app(gateway))])
+
+
+def _request_exit(server: uvicorn.Server) -> None:
+    if server.should_exit:
+        server.force_exit = True  # second Ctrl-C: stop waiting for open connections
+    server.should_exit = True
+
+
+async def _ensure_local_pool(store: ResourceStore, name: str) -> None:
+    if name not in {p.name for p in await store.list("Pool")}:
+        await store.apply(Pool(metadata=ObjectMeta(name=name)))
+
+
+async def _announce(server: uvicorn.Server, url: str, state_dir: Path, resources: list[AnyResource]) -> None:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
+        await asyncio.sleep(0.05)
+    (state_dir / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    models = [r.spec.model for r in resources if isinstance(r, Deployment)]
+    example = models[0] if models else "MODEL"
+    print(
+        f"\nComputeNet is up.\n"
+        f"  gateway (OpenAI API):  {url}/v1\n"
+        f"  control API:           {url}/api/v1   (docs: {url}/api/docs)\n"
+        f"  metrics:               {url}/metrics\n"
+        f"  state:                 {state_dir}\n\n"
+        f"Try:\n"
+        f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"model": "{example}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'\n'
+        f"  computenet get deployments\n",
+        flush=True,
+    )
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

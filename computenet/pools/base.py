@@ -1,0 +1,83 @@
+"""The `PoolDriver` seam: start, stop and watch replicas in one place that runs them.
+
+A driver keeps each replica it was asked for running, restarting it with backoff
+when it dies, much as a kubelet keeps a pod's containers running; which replicas
+should exist at all is the reconciler's decision. Drivers report facts (phase,
+address, restarts, last exit code), never conclusions about deployments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from computenet.engines.base import ArgValue
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    """What one replica runs. `template_hash` changes when anything here that matters changes."""
+
+    name: str
+    deployment: str
+    role: str
+    engine: str
+    served_name: str
+    source: str
+    args: Mapping[str, ArgValue] = field(default_factory=dict)
+    gpus: int = 0
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    template_hash: str = ""
+
+
+class ReplicaPhase(StrEnum):
+    STARTING = "Starting"  # process started, health probe not yet passing
+    READY = "Ready"  # health probe passing: may take traffic
+    BACKOFF = "BackOff"  # exited; waiting before the next restart
+    STOPPING = "Stopping"
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    spec: ReplicaSpec
+    pool: str
+    phase: ReplicaPhase
+    url: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    started_at: float | None = None  # unix time of the current process's start
+    message: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class PoolDriver(Protocol):
+    name: str
+
+    async def start(self, spec: ReplicaSpec) -> None:
+        """Begin running a replica; returns at once, readiness shows up in `replicas()`."""
+
+    async def stop(self, name: str) -> None:
+        """Stop a replica and wait until its processes are gone."""
+
+    async def replicas(self) -> list[ReplicaState]:
+        """The current facts about every replica this driver runs."""
+        ...
+
+    async def logs(self, name: str, *, tail_lines: int | None = None) -> str:
+        """What the replica wrote to stdout and stderr."""
+        ...
+
+    def watch(self) -> asyncio.Event:
+        """An event set whenever a replica's state changes; the reconciler clears it."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every replica; nothing this driver started may outlive this call."""

@@ -1,0 +1,162 @@
+"""The `local` pool: replicas are child processes of this machine on 127.0.0.1 ports.
+
+One supervisor task per replica starts the engine, probes its health path until it
+answers, watches the process, and restarts it with exponential backoff when it dies.
+Output goes to ``<state-dir>/logs/<replica>.log``, appended across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+
+from computenet.engines import LaunchSpec, get_engine
+
+from . import processes
+from .base import ReplicaPhase, ReplicaSpec, ReplicaState
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL_S = 0.1  # while starting: how often to ask /health
+LIVENESS_INTERVAL_S = 1.0  # once ready
+PROBE_TIMEOUT_S = 1.0
+FAILED_PROBES_TO_UNREADY = 3
+STABLE_RUN_S = 10.0  # a replica that ran this long ready has its backoff reset
+
+
+class LocalPool:
+    def __init__(self, *, name: str = "local", state_dir: Path, host: str = "127.0.0.1") -> None:
+        self.name = name
+        self._log_dir = state_dir / "logs"
+        self._host = host
+        self._supervisors: dict[str, _Supervisor] = {}
+        self._changed = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self, spec: ReplicaSpec) -> None:
+        if spec.name in self._supervisors:
+            raise ValueError(f"replica {spec.name!r} already runs in pool {self.name!r}")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
+        supervisor = _Supervisor(spec, self, self._http)
+        self._supervisors[spec.name] = supervisor
+        supervisor.task = asyncio.create_task(supervisor.run(), name=f"replica:{spec.name}")
+        self._changed.set()
+
+    async def stop(self, name: str) -> None:
+        supervisor = self._supervisors.get(name)
+        if supervisor is None:
+            return
+        await supervisor.stop()
+        del self._supervisors[name]
+        self._changed.set()
+
+    async def replicas(self) -> list[ReplicaState]:
+        return [s.state for s in self._supervisors.values()]
+
+    async def logs(self, name: str, *, tail_lines: int | None = None) -> str:
+        path = self.log_path(name)
+        if not path.exists():
+            raise KeyError(f"no logs for replica {name!r}")
+        with path.open(errors="replace") as f:
+            lines = deque(f, maxlen=tail_lines) if tail_lines else list(f)
+        return "".join(lines)
+
+    def log_path(self, name: str) -> Path:
+        return self._log_dir / f"{name}.log"
+
+    def watch(self) -> asyncio.Event:
+        return self._changed
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(name) for name in list(self._supervisors)))
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+class _Supervisor:
+    """Keeps one replica running. Its `state` is the facts the pool reports."""
+
+    def __init__(self, spec: ReplicaSpec, pool: LocalPool, http: aiohttp.ClientSession) -> None:
+        self.state = ReplicaState(spec=spec, pool=pool.name, phase=ReplicaPhase.STARTING)
+        self.task: asyncio.Task[None] | None = None
+        self._pool = pool
+        self._http = http
+        self._engine = get_engine(spec.engine)
+        self._proc: asyncio.subprocess.Process | None = None
+
+    def _update(self, **changes: object) -> None:
+        self.state = replace(self.state, **changes)  # type: ignore[arg-type]
+        self._pool.watch().set()
+
+    async def run(self) -> None:
+        backoff_s = self.state.spec.initial_backoff_s
+        while True:
+            ran_s = await self._run_once()
+            if ran_s >= STABLE_RUN_S:
+                backoff_s = self.state.spec.initial_backoff_s
+            self._update(phase=ReplicaPhase.BACKOFF, url=None, pid=None, restarts=self.state.restarts + 1)
+            await asyncio.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, self.state.spec.max_backoff_s)
+
+    async def _run_once(self) -> float:
+        """Start the process, follow it until it exits; return how long it was ready."""
+        spec = self.state.spec
+        port = processes.free_port(self._pool._host)
+        launch = LaunchSpec(spec.served_name, spec.source, self._pool._host, port, spec.args, spec.gpus)
+        url = f"http://{self._pool._host}:{port}"
+        with processes.open_log(self._pool.log_path(spec.name)) as log_file:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log_file.write(f"--- {stamp} starting (restart {self.state.restarts}) on {url}\n".encode())
+            log_file.flush()
+            self._proc = await processes.spawn(self._engine.command(launch), log_file)
+        self._update(phase=ReplicaPhase.STARTING, url=url, pid=self._proc.pid, started_at=time.time())
+        ready_at = await self._follow(self._proc, url)
+        code = await self._proc.wait()
+        self._update(last_exit_code=code, message=f"exited with code {code}")
+        log.warning("replica %s exited with code %s", spec.name, code)
+        return time.monotonic() - ready_at if ready_at else 0.0
+
+    async def _follow(self, proc: asyncio.subprocess.Process, url: str) -> float | None:
+        """Probe health while the process lives; flip Ready/Starting as the probe says."""
+        ready_at: float | None = None
+        failures = 0
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            while not exited.done():
+                healthy = await self._probe(url)
+                if healthy and self.state.phase != ReplicaPhase.READY:
+                    ready_at = ready_at or time.monotonic()
+                    self._update(phase=ReplicaPhase.READY, message="")
+                failures = 0 if healthy else failures + 1
+                if failures >= FAILED_PROBES_TO_UNREADY and self.state.phase == ReplicaPhase.READY:
+                    self._update(phase=ReplicaPhase.STARTING, message="health probe failing")
+                interval = LIVENESS_INTERVAL_S if self.state.phase == ReplicaPhase.READY else PROBE_INTERVAL_S
+                await asyncio.wait({exited}, timeout=interval)
+        finally:
+            exited.cancel()
+        return ready_at
+
+    async def _probe(self, url: str) -> bool:
+        try:
+            async with self._http.get(url + self._engine.health_path) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def stop(self) -> None:
+        self._update(phase=ReplicaPhase.STOPPING)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        if self._proc is not None:
+            await processes.terminate(self._proc)

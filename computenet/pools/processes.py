@@ -1,0 +1,66 @@
+"""Child processes for the local pool: spawn into their own process group, stop the group.
+
+Each replica gets its own session (so a Ctrl-C in the terminal reaches only
+`computenet up`, which then stops replicas in order) and runs under the launcher,
+which ties its life to ours. Stopping signals the whole group, so anything the
+engine forked goes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import IO
+
+TERMINATE_GRACE_S = 5.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now. A rare race is survived: the replica then
+    fails to bind, exits, and its restart picks another port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+async def spawn(
+    argv: list[str], log: IO[bytes], env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    wrapped = [sys.executable, "-m", "computenet.pools.launcher", str(os.getpid()), "--", *argv]
+    return await asyncio.create_subprocess_exec(
+        *wrapped,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace_s: float = TERMINATE_GRACE_S) -> int:
+    """SIGTERM the process group, SIGKILL it after `grace_s`; return the exit code."""
+    if proc.returncode is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace_s)
+        except TimeoutError:
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    # The leader is gone; make sure no straggler it forked stays behind.
+    _signal_group(proc.pid, signal.SIGKILL)
+    return proc.returncode if proc.returncode is not None else -1
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def open_log(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("ab")

@@ -1,0 +1,196 @@
+"""Persistence of resources: apply (create or update), get, list, delete, status writes.
+
+One `ResourceStore` per process, opened from a SQLAlchemy URL. SQLite runs in WAL
+mode so that readers (the control API) never wait on the reconciler's status writes.
+Every write wakes the watchers, so the reconciler reacts at once instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from pydantic import BaseModel
+from sqlalchemy import event, select
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from computenet.api import KINDS, AnyResource
+
+from .errors import Conflict, NotFound, SchemaTooNew
+from .tables import SCHEMA_VERSION, Base, ResourceRow, SchemaRow
+
+ApplyAction = Literal["created", "configured", "unchanged"]
+
+
+def sqlite_url(state_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{state_dir / 'computenet.db'}"
+
+
+class ResourceStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._watchers: set[asyncio.Event] = set()
+
+    @classmethod
+    async def open(cls, url: str) -> ResourceStore:
+        """Connect, create the schema on first start, refuse a schema newer than this code."""
+        engine = create_async_engine(url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    def watch(self) -> asyncio.Event:
+        """An event set after every write; clear it after waking up."""
+        waiter = asyncio.Event()
+        self._watchers.add(waiter)
+        return waiter
+
+    async def apply(self, resource: AnyResource) -> tuple[AnyResource, ApplyAction]:
+        (result,) = await self.apply_all([resource])
+        return result
+
+    async def apply_all(self, resources: Iterable[AnyResource]) -> list[tuple[AnyResource, ApplyAction]]:
+        """Create or update each resource's spec, all in one transaction (all or nothing)."""
+        results: list[tuple[ResourceRow, ApplyAction]] = []
+        async with self._sessions.begin() as session:
+            for resource in resources:
+                results.append(await _upsert(session, resource))
+        if any(action != "unchanged" for _, action in results):
+            self._notify()
+        return [(_to_resource(row), action) for row, action in results]
+
+    async def get(self, kind: str, name: str) -> AnyResource:
+        async with self._sessions() as session:
+            row = await session.get(ResourceRow, (kind, name))
+            if row is None:
+                raise NotFound(kind, name)
+            return _to_resource(row)
+
+    async def list(self, kind: str) -> list[AnyResource]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(ResourceRow).where(ResourceRow.kind == kind).order_by(ResourceRow.name)
+            )
+            return [_to_resource(row) for row in rows]
+
+    async def delete(self, kind: str, name: str) -> AnyResource:
+        async with self._sessions.begin() as session:
+            row = await session.get(ResourceRow, (kind, name))
+            if row is None:
+                raise NotFound(kind, name)
+            await session.delete(row)
+        self._notify()
+        return _to_resource(row)
+
+    async def update_status(
+        self, kind: str, name: str, status: BaseModel, *, resource_version: int | None = None
+    ) -> AnyResource:
+        """Replace the status only. Unchanged status is not written (no version churn)."""
+        data = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        async with self._sessions.begin() as session:
+            row = await session.get(ResourceRow, (kind, name))
+            if row is None:
+                raise NotFound(kind, name)
+            _check_version(row, resource_version)
+            if row.status != data:
+                row.status = data
+                row.resource_version += 1
+                row.updated_at = _now()
+        return _to_resource(row)
+
+    async def _migrate(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        async with self._sessions.begin() as session:
+            row = await session.get(SchemaRow, 1)
+            if row is None:
+                session.add(SchemaRow(id=1, version=SCHEMA_VERSION))
+            elif row.version > SCHEMA_VERSION:
+                raise SchemaTooNew(
+                    f"the database has schema version {row.version}, newer than this ComputeNet "
+                    f"understands ({SCHEMA_VERSION}); upgrade ComputeNet or use another --state-dir"
+                )
+
+    def _notify(self) -> None:
+        for waiter in self._watchers:
+            waiter.set()
+
+
+async def _upsert(session: AsyncSession, resource: AnyResource) -> tuple[ResourceRow, ApplyAction]:
+    meta = resource.metadata
+    spec = resource.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    row = await session.get(ResourceRow, (resource.kind, meta.name))
+    now = _now()
+    if row is None:
+        if meta.resource_version is not None:
+            raise NotFound(resource.kind, meta.name)
+        row = ResourceRow(
+            kind=resource.kind,
+            name=meta.name,
+            labels=meta.labels,
+            annotations=meta.annotations,
+            spec=spec,
+            status=None,
+            resource_version=1,
+            generation=1,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(row)
+        return row, "created"
+    _check_version(row, meta.resource_version)
+    if (row.spec, row.labels, row.annotations) == (spec, meta.labels, meta.annotations):
+        return row, "unchanged"
+    if row.spec != spec:
+        row.generation += 1
+    row.spec, row.labels, row.annotations = spec, meta.labels, meta.annotations
+    row.resource_version += 1
+    row.updated_at = now
+    return row, "configured"
+
+
+def _check_version(row: ResourceRow, expected: int | None) -> None:
+    if expected is not None and expected != row.resource_version:
+        raise Conflict(row.kind, row.name, expected, row.resource_version)
+
+
+def _to_resource(row: ResourceRow) -> AnyResource:
+    data: dict[str, Any] = {
+        "kind": row.kind,
+        "metadata": {
+            "name": row.name,
+            "labels": row.labels,
+            "annotations": row.annotations,
+            "resourceVersion": row.resource_version,
+            "generation": row.generation,
+            # SQLite drops the zone; every timestamp we write is UTC.
+            "creationTimestamp": row.created_at.replace(tzinfo=row.created_at.tzinfo or UTC),
+        },
+        "spec": row.spec,
+    }
+    if row.status is not None:
+        data["status"] = row.status
+    return cast(AnyResource, KINDS[row.kind].model_validate(data))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
