@@ -52,7 +52,7 @@ class Condition(CamelModel):
 class Resource(CamelModel):
     """Common envelope; each kind narrows `kind`, `spec` and `status`."""
 
-    api_version: Literal["computenet.io/v1"] = API_VERSION
+    api_version: Literal["computenet.io/v1"] = "computenet.io/v1"
     metadata: ObjectMeta
 
     @property

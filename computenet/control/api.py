@@ -51,7 +51,7 @@ def create_control_app(store: ResourceStore, replicas: ReplicaSource) -> FastAPI
 
 def _add_kind_routes(router: APIRouter, store: ResourceStore, kind: str) -> None:
     plural = PLURALS[kind]
-    schema = {200: {"model": KINDS[kind]}}
+    schema: dict[int | str, dict[str, Any]] = {200: {"model": KINDS[kind]}}
 
     @router.get(f"/{plural}", name=f"list_{plural}", tags=[kind])
     async def list_kind() -> dict[str, Any]:

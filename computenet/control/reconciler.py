@@ -57,6 +57,7 @@ class Reconciler:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+                await asyncio.wait(waiters)
 
     async def reconcile_once(self) -> None:
         deployments = [d for d in await self._store.list("Deployment") if isinstance(d, Deployment)]

@@ -143,6 +143,7 @@ class _Supervisor:
                 await asyncio.wait({exited}, timeout=interval)
         finally:
             exited.cancel()
+            await asyncio.wait({exited})
         return ready_at
 
     async def _probe(self, url: str) -> bool:

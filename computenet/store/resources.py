@@ -44,7 +44,11 @@ class ResourceStore:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         store = cls(engine)
-        await store._migrate()
+        try:
+            await store._migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
         return store
 
     async def close(self) -> None:

@@ -1,0 +1,208 @@
+"""The gateway in front of real HTTP upstreams on loopback: the `sim` engine for healthy
+replicas, and tiny aiohttp servers for the failure modes a replica can show."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from aiohttp import web
+
+from computenet.api import Endpoint
+from computenet.engines.sim import SimConfig
+from computenet.engines.sim.server import create_app as create_sim_app
+from computenet.gateway import EndpointRegistry, Gateway, create_gateway_app
+from computenet.gateway.policies import LeastOutstanding, LoadTracker, RoundRobin
+
+from .servers import serve
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@contextlib.asynccontextmanager
+async def upstream(handler: Handler) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def gateway_with(
+    *urls: str, policy: str = "round_robin"
+) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    registry = EndpointRegistry()
+    endpoints = [Endpoint(replica=f"r{i}", deployment="d", model="m", url=u) for i, u in enumerate(urls)]
+    await registry.publish("d", endpoints, model="m", policy=policy)
+    gateway = Gateway(registry)
+    await gateway.start()
+    try:
+        async with (
+            serve(create_gateway_app(gateway)) as url,
+            httpx.AsyncClient(base_url=url, timeout=10) as client,
+        ):
+            yield client, gateway
+    finally:
+        await gateway.close()
+
+
+@contextlib.asynccontextmanager
+async def sim() -> AsyncIterator[str]:
+    async with serve(create_sim_app(SimConfig(model="m", ttft_ms=1, tpot_ms=1))) as url:
+        yield url
+
+
+async def _status_500(_request: web.Request) -> web.Response:
+    return web.json_response({"error": "boom"}, status=500)
+
+
+async def _status_400(_request: web.Request) -> web.Response:
+    return web.json_response(
+        {"error": {"message": "bad", "type": "invalid_request_error", "code": "x"}}, status=400
+    )
+
+
+async def _hang_up(request: web.Request) -> web.StreamResponse:
+    assert request.transport is not None
+    request.transport.close()  # the replica dies mid-request, before answering
+    return web.Response()
+
+
+def _dead_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nobody listens after close
+
+
+def _attempts(gateway: Gateway, outcome: str) -> float:
+    value = gateway.metrics.registry.get_sample_value(
+        "computenet_upstream_attempts_total", {"model": "m", "outcome": outcome}
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("failure", ["refused", "500", "hang-up"])
+async def test_failed_replicas_are_retried_on_another_and_every_request_succeeds(failure: str) -> None:
+    handlers = {"500": _status_500, "hang-up": _hang_up}
+    async with contextlib.AsyncExitStack() as stack:
+        bad = (
+            _dead_url()
+            if failure == "refused"
+            else await stack.enter_async_context(upstream(handlers[failure]))
+        )
+        good = await stack.enter_async_context(sim())
+        client, gateway = await stack.enter_async_context(gateway_with(bad, good))
+        for _ in range(6):
+            resp = await client.post("/v1/chat/completions", json=CHAT)
+            assert resp.status_code == 200
+            assert resp.headers["x-computenet-replica"] == "r1"
+        assert _attempts(gateway, "error") >= 3  # round robin sent half of the first tries to the bad one
+
+
+async def test_client_errors_from_a_replica_are_passed_through_not_retried() -> None:
+    async with upstream(_status_400) as bad, sim() as good, gateway_with(bad, good) as (client, gateway):
+        codes = {(await client.post("/v1/chat/completions", json=CHAT)).status_code for _ in range(4)}
+        assert codes == {200, 400}
+        assert _attempts(gateway, "error") == 0
+
+
+async def test_when_every_replica_fails_the_client_gets_503_naming_them() -> None:
+    async with upstream(_status_500) as a, gateway_with(a, _dead_url()) as (client, _):
+        resp = await client.post("/v1/chat/completions", json=CHAT)
+    assert resp.status_code == 503
+    message = resp.json()["error"]["message"]
+    assert "r0: answered HTTP 500" in message and "r1: ClientConnectorError" in message
+
+
+async def test_request_errors_are_openai_shaped() -> None:
+    async with sim() as good, gateway_with(good) as (client, gateway):
+        await gateway.registry.publish("empty", [], model="cold", policy="round_robin")
+        unknown = await client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+        cold = await client.post("/v1/chat/completions", json={**CHAT, "model": "cold"})
+        assert cold.status_code == 503 and cold.headers["retry-after"] == "1"
+        broken = await client.post("/v1/chat/completions", content=b"{not json")
+        assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
+        no_model = await client.post("/v1/completions", json={"prompt": "x"})
+        assert no_model.status_code == 400 and "`model` is required" in no_model.json()["error"]["message"]
+        models = (await client.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == ["cold", "m"]
+
+
+async def test_streams_are_relayed_as_they_are_produced() -> None:
+    release = asyncio.Event()
+
+    async def slow_stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"first": true}\n\n')
+        await release.wait()
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async with (
+        upstream(slow_stream) as url,
+        gateway_with(url) as (client, _),
+        client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp,
+    ):
+        chunks = resp.aiter_bytes()
+        first = await asyncio.wait_for(anext(chunks), 5)  # arrives while upstream still holds the rest
+        assert b"first" in first
+        release.set()
+        rest = b"".join([chunk async for chunk in chunks])
+    assert rest.endswith(b"data: [DONE]\n\n")
+
+
+async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_request() -> None:
+    upstream_cancelled = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b'data: {"tok": 1}\n\n')
+                await asyncio.sleep(0.01)
+        except (asyncio.CancelledError, ConnectionResetError):
+            upstream_cancelled.set()
+            raise
+
+    async with upstream(endless) as url, gateway_with(url) as (client, gateway):
+        async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+            await anext(resp.aiter_bytes())
+        await asyncio.wait_for(upstream_cancelled.wait(), 5)
+        await asyncio.sleep(0.05)
+        assert gateway.forwarder.load.outstanding("r0") == 0
+
+
+def _eps(n: int) -> list[Endpoint]:
+    return [Endpoint(replica=f"r{i}", deployment="d", model="m", url="") for i in range(n)]
+
+
+def test_round_robin_takes_turns() -> None:
+    policy, load, eps = RoundRobin(), LoadTracker(), _eps(3)
+    assert [policy.pick("m", eps, load).replica for _ in range(6)] == ["r0", "r1", "r2", "r0", "r1", "r2"]
+
+
+def test_least_outstanding_prefers_the_idle_replica_and_shares_ties() -> None:
+    policy, load, eps = LeastOutstanding(), LoadTracker(), _eps(3)
+    load.acquire("r0")
+    load.acquire("r1")
+    assert policy.pick("m", eps, load).replica == "r2"
+    load.acquire("r2")
+    assert {policy.pick("m", eps, load).replica for _ in range(3)} == {"r0", "r1", "r2"}
+    load.release("r1")
+    assert policy.pick("m", eps, load).replica == "r1"
