@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -27,11 +28,15 @@ from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, P
 from computenet.control import Reconciler, create_control_app
 from computenet.gateway import EndpointRegistry, Gateway, create_gateway_app
 from computenet.pools import LocalPool
-from computenet.store import ResourceStore, SchemaTooNew, sqlite_url
+from computenet.store import NotFound, ResourceStore, SchemaTooNew, sqlite_url
 
 from .client import SERVER_FILE
 
 log = logging.getLogger("computenet")
+
+# Held while `up` runs: two of them on one state directory would both start every replica.
+LOCK_FILE = "up.lock"
+READY_WAIT_S = 120.0
 
 
 class _Server(uvicorn.Server):
@@ -51,11 +56,20 @@ def run_up(manifest: Path, *, state_dir: Path, host: str, port: int) -> int:
         print(f"error: port {port} on {host} is in use; pass --port N to use another", file=sys.stderr)
         return 1
     state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        asyncio.run(_serve(resources, state_dir=state_dir, host=host, port=port))
-    except SchemaTooNew as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    with (state_dir / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(
+                f"error: another `computenet up` already uses {state_dir}; stop it or pass --state-dir DIR",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            asyncio.run(_serve(resources, state_dir=state_dir, host=host, port=port))
+        except SchemaTooNew as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -85,6 +99,7 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
         await gateway.start()
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
         tasks.append(asyncio.create_task(_announce(server, url, state_dir, resources), name="banner"))
+        tasks.append(asyncio.create_task(_report_ready(store, resources), name="ready"))
         await server.serve()
     finally:
         log.info("shutting down: stopping replicas")
@@ -131,6 +146,34 @@ async def _announce(server: uvicorn.Server, url: str, state_dir: Path, resources
         f"  computenet get deployments\n",
         flush=True,
     )
+
+
+async def _report_ready(store: ResourceStore, resources: list[AnyResource]) -> None:
+    """Say when each deployment from the file is fully ready, so the user knows to go ahead."""
+    waiting = {r.name for r in resources if isinstance(r, Deployment)}
+    deadline = asyncio.get_running_loop().time() + READY_WAIT_S
+    while waiting and asyncio.get_running_loop().time() < deadline:
+        for name in sorted(waiting):
+            try:
+                dep = await store.get("Deployment", name)
+            except NotFound:
+                waiting.discard(name)
+                continue
+            if (
+                isinstance(dep, Deployment)
+                and dep.status
+                and dep.status.ready_replicas >= dep.desired_replicas
+            ):
+                print(
+                    f"deployment {name}: {dep.status.ready_replicas}/{dep.desired_replicas} replicas ready",
+                    flush=True,
+                )
+                waiting.discard(name)
+        await asyncio.sleep(0.1)
+    for name in sorted(waiting):
+        print(
+            f"deployment {name} is not ready yet; see `computenet get deployment {name} -o yaml`", flush=True
+        )
 
 
 def _port_free(host: str, port: int) -> bool:

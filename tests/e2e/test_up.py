@@ -174,3 +174,15 @@ def test_no_replica_outlives_up(tmp_path: Path, sig: signal.Signals) -> None:
         if sig != signal.SIGKILL:
             assert code == 0, running.output()
         wait_for(lambda: not processes_in_groups(pids), 10, "replica processes to be gone")
+
+
+def test_up_tells_when_the_demo_is_ready(up: Up) -> None:
+    wait_for(lambda: "deployment demo-llm: 2/2 replicas ready" in up.output(), 10, "the ready line")
+    assert "curl -s " + up.url + "/v1/chat/completions" in up.output()
+
+
+def test_a_second_up_on_the_same_state_dir_is_refused(up: Up) -> None:
+    result = cli("up", "--state-dir", str(up.state_dir), "--port", "0")
+    assert result.returncode == 1
+    assert f"another `computenet up` already uses {up.state_dir}" in result.stderr
+    assert up.ready_replicas("demo-llm") == 2  # the first one is untouched
