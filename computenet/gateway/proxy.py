@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from computenet.api import Endpoint
+from computenet.engines.streaming import EventStreamResponse
 
 from .errors import no_capacity
 from .metrics import GatewayMetrics
@@ -98,7 +99,7 @@ class Forwarder:
                     handed_off = True
                     relay = self._relay(first, resp, endpoint, started)
                     self._metrics.attempts.labels(model, "ok").inc()
-                    return StreamingResponse(relay, media_type="text/event-stream", headers=headers)
+                    return EventStreamResponse(relay, headers=headers)
                 payload, status, media_type = await resp.read(), resp.status, resp.content_type
             finally:
                 if not handed_off:
@@ -118,7 +119,7 @@ class Forwarder:
 
     async def _relay(
         self, first: bytes, resp: aiohttp.ClientResponse, endpoint: Endpoint, started: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         complete = False
         try:
             yield first

@@ -45,7 +45,7 @@ class LocalPool:
             raise ValueError(f"replica {spec.name!r} already runs in pool {self.name!r}")
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
-        supervisor = _Supervisor(spec, self, self._http)
+        supervisor = _Supervisor(spec, self, self._http, host=self._host, log_path=self.log_path(spec.name))
         self._supervisors[spec.name] = supervisor
         supervisor.task = asyncio.create_task(supervisor.run(), name=f"replica:{spec.name}")
         self._changed.set()
@@ -85,11 +85,15 @@ class LocalPool:
 class _Supervisor:
     """Keeps one replica running. Its `state` is the facts the pool reports."""
 
-    def __init__(self, spec: ReplicaSpec, pool: LocalPool, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, spec: ReplicaSpec, pool: LocalPool, http: aiohttp.ClientSession, *, host: str, log_path: Path
+    ) -> None:
         self.state = ReplicaState(spec=spec, pool=pool.name, phase=ReplicaPhase.STARTING)
         self.task: asyncio.Task[None] | None = None
         self._pool = pool
         self._http = http
+        self._host = host
+        self._log_path = log_path
         self._engine = get_engine(spec.engine)
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -110,10 +114,10 @@ class _Supervisor:
     async def _run_once(self) -> float:
         """Start the process, follow it until it exits; return how long it was ready."""
         spec = self.state.spec
-        port = processes.free_port(self._pool._host)
-        launch = LaunchSpec(spec.served_name, spec.source, self._pool._host, port, spec.args, spec.gpus)
-        url = f"http://{self._pool._host}:{port}"
-        with processes.open_log(self._pool.log_path(spec.name)) as log_file:
+        port = processes.free_port(self._host)
+        launch = LaunchSpec(spec.served_name, spec.source, self._host, port, spec.args, spec.gpus)
+        url = f"http://{self._host}:{port}"
+        with processes.open_log(self._log_path) as log_file:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log_file.write(f"--- {stamp} starting (restart {self.state.restarts}) on {url}\n".encode())
             log_file.flush()

@@ -27,7 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def upstream(handler: Handler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, handle_signals=False)
+    # Like vLLM's server, stop the handler as soon as the client (here: the gateway) goes away.
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -169,18 +170,17 @@ async def test_streams_are_relayed_as_they_are_produced() -> None:
 async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_request() -> None:
     upstream_cancelled = asyncio.Event()
 
-    async def endless(request: web.Request) -> web.StreamResponse:
+    async def slow(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:
-            while True:
-                await resp.write(b'data: {"tok": 1}\n\n')
-                await asyncio.sleep(0.01)
+            await resp.write(b'data: {"tok": 1}\n\n')
+            await asyncio.sleep(60)  # a long gap, as while a replica waits for its next token
         except (asyncio.CancelledError, ConnectionResetError):
             upstream_cancelled.set()
             raise
 
-    async with upstream(endless) as url, gateway_with(url) as (client, gateway):
+    async with upstream(slow) as url, gateway_with(url) as (client, gateway):
         async with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
             await anext(resp.aiter_bytes())
         await asyncio.wait_for(upstream_cancelled.wait(), 5)

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..streaming import DeferredJSONResponse, EventStreamResponse
 from .config import SimConfig
 from .engine import ContextLengthExceeded, SimEngine, plan_generation
 from .output import ChatShape, Envelope, Shape, TextShape, collect, sse_events
 from .requests import ChatCompletionRequest, CompletionRequest, GenerationRequest, RequestError, parse_request
-from .responses import DeferredJSONResponse, EventStreamResponse
 
 OWNED_BY = "computenet-sim"
 

@@ -1,5 +1,8 @@
 """Responses that stop generating the moment the client goes away.
 
+Shared by the `sim` engine (to free its slot) and the gateway (to drop the upstream
+request), which is why it lives beside the engines rather than inside `sim`.
+
 A client that disconnects must free its engine slot at once, not after the
 remaining tokens have been paced out: the work runs in a task raced against
 `http.disconnect` on the ASGI receive channel, whatever the server's ASGI
@@ -9,7 +12,7 @@ version, and the event generator is closed on every way out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -47,8 +50,8 @@ async def run_until_disconnect(receive: Receive, work: Coroutine[Any, Any, None]
 class EventStreamResponse(StreamingResponse):
     """A `text/event-stream` of pre-encoded events, cancelled when the client goes."""
 
-    def __init__(self, events: AsyncGenerator[bytes, None]) -> None:
-        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str] | None = None) -> None:
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})}
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self._events = events
 
