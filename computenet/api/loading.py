@@ -29,7 +29,7 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        where = f"{self.source} doc {self.doc}"
+        where = f"{self.source} doc {self.doc}" if self.doc else self.source  # doc 0: the file itself
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 

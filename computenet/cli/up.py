@@ -55,7 +55,14 @@ def run_up(manifest: Path, *, state_dir: Path, host: str, port: int) -> int:
     if not _port_free(host, port):
         print(f"error: port {port} on {host} is in use; pass --port N to use another", file=sys.stderr)
         return 1
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(
+            f"error: cannot create the state directory {state_dir}: {exc.strerror}; pass --state-dir DIR",
+            file=sys.stderr,
+        )
+        return 1
     with (state_dir / LOCK_FILE).open("a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

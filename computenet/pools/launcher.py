@@ -31,7 +31,13 @@ def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
         sys.exit("usage: python -m computenet.pools.launcher PARENT_PID -- COMMAND [ARGS...]")
     _die_with_parent(int(argv[0]))
-    os.execvp(argv[2], argv[2:])
+    try:
+        os.execvp(argv[2], argv[2:])
+    except FileNotFoundError:
+        print(
+            f"launcher: {argv[2]!r} is not installed or not on PATH; install the engine's package", flush=True
+        )
+        sys.exit(127)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from .harness import Up, cli, pid_alive, processes_in_groups, wait_for
+from .harness import Up, cli, free_port, pid_alive, processes_in_groups, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -182,7 +182,23 @@ def test_up_tells_when_the_demo_is_ready(up: Up) -> None:
 
 
 def test_a_second_up_on_the_same_state_dir_is_refused(up: Up) -> None:
-    result = cli("up", "--state-dir", str(up.state_dir), "--port", "0")
+    result = cli("up", "--state-dir", str(up.state_dir), "--port", str(free_port()))
     assert result.returncode == 1
     assert f"another `computenet up` already uses {up.state_dir}" in result.stderr
     assert up.ready_replicas("demo-llm") == 2  # the first one is untouched
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["up", "--port", "99999"], "--port: must be a port number 1-65535, got '99999'"),
+        (["up", "--state-dir", "/proc/no/such"], "cannot create the state directory /proc/no/such"),
+        (["apply", "-f", "/no/such.yaml"], "error: /no/such.yaml: cannot read file"),
+        (["get", "gizmos"], "unknown resource type 'gizmos'"),
+    ],
+)
+def test_bad_invocations_say_what_to_fix_without_a_traceback(args: list[str], message: str) -> None:
+    result = cli(*args, url="http://127.0.0.1:9")
+    assert result.returncode in (1, 2)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
