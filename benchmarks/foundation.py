@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from computenet.pools.processes import free_port
 
 MANIFEST = """
 apiVersion: computenet.io/v1
@@ -40,12 +41,6 @@ spec:
   roles: [{name: server, replicas: 2}]
 """
 BODY = {"model": "bench-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def latencies_ms(client: httpx.Client, url: str, n: int) -> list[float]:

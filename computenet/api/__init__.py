@@ -2,7 +2,7 @@
 
 from .deployments import Deployment, DeploymentSpec, DeploymentStatus, Resources, Role, RoleStatus
 from .endpoints import Endpoint, EndpointSink
-from .kinds import KINDS, PLURALS, AnyResource, kind_from_plural, kind_from_user
+from .kinds import KINDS, PLURALS, AnyResource, kind_from_user
 from .loading import ManifestError, Problem, load_documents, load_file, load_text, parse_resource
 from .meta import API_VERSION, Condition, ObjectMeta, Resource
 from .models import Model, ModelSpec
@@ -31,7 +31,6 @@ __all__ = [
     "Resources",
     "Role",
     "RoleStatus",
-    "kind_from_plural",
     "kind_from_user",
     "load_documents",
     "load_file",

@@ -33,7 +33,3 @@ def kind_from_user(text: str) -> str:
         choices = ", ".join(sorted({*PLURALS.values()}))
         raise ValueError(f"unknown resource type {text!r}; use one of: {choices}")
     return kind
-
-
-def kind_from_plural(plural: str) -> str | None:
-    return next((kind for kind, p in PLURALS.items() if p == plural), None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import yaml
 from pydantic import ValidationError
@@ -149,8 +149,3 @@ def _explain(error: ErrorDetails) -> str:
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
     return message[:1].lower() + message[1:]
-
-
-def dump_yaml(resources: Iterable[Any]) -> str:
-    """Multi-document YAML of wire dicts, in the order given."""
-    return yaml.safe_dump_all(list(resources), sort_keys=False, explicit_start=False)

@@ -140,7 +140,7 @@ async def _json(request: Request) -> dict[str, Any]:
 
 
 def _problem(source: str, message: str) -> Problem:
-    return Problem(source, 1, "", message)
+    return Problem(source, 0, "", message)  # doc 0: the request as a whole
 
 
 def _error(status: int, message: str, type_: str, code: str, **extra: Any) -> JSONResponse:

@@ -89,7 +89,10 @@ class Reconciler:
     async def logs(self, replica: str, *, tail_lines: int | None = None) -> str:
         for state in await self.replicas():
             if state.name == replica:
-                return await self._pools[state.pool].logs(replica, tail_lines=tail_lines)
+                try:
+                    return await self._pools[state.pool].logs(replica, tail_lines=tail_lines)
+                except KeyError:
+                    break  # runs, but has written no log yet
         raise NotFound("Replica", replica)
 
     def _place(

@@ -16,6 +16,7 @@ from computenet.engines.sim import SimConfig
 from computenet.engines.sim.server import create_app as create_sim_app
 from computenet.gateway import EndpointRegistry, Gateway, create_gateway_app
 from computenet.gateway.policies import LeastOutstanding, LoadTracker, RoundRobin
+from computenet.pools.processes import free_port
 
 from .servers import serve
 
@@ -81,11 +82,7 @@ async def _hang_up(request: web.Request) -> web.StreamResponse:
 
 
 def _dead_url() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nobody listens after close
+    return f"http://127.0.0.1:{free_port()}"  # nobody listens there
 
 
 def _attempts(gateway: Gateway, outcome: str) -> float:
