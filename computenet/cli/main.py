@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--tail", type=int, default=None, help="only the last N lines")
 
     add("version", help="print client and server versions")
+
+    # Commands that need no control plane set `run` (args -> exit status) on their parser.
+    from . import bench
+
+    bench.add_commands(add)
     return parser
 
 
@@ -77,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .up import run_up  # starts servers: import only when needed
 
             sys.exit(run_up(args.filename, state_dir=state_dir, host=args.host, port=args.port))
+        if hasattr(args, "run"):
+            sys.exit(args.run(args))
         client = ControlClient(
             find_server(getattr(args, "server", None), os.environ.get("COMPUTENET_SERVER"), state_dir)
         )
