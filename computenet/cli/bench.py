@@ -100,29 +100,32 @@ def _add_synth(parser: argparse.ArgumentParser) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     try:
-        requests = _selected(args)
+        duration_s = None if args.duration is None else _parse("--duration", args.duration, float)
+        requests = _selected(args, duration_s)
         timeout_s = _parse("--timeout", args.timeout, float)
     except (_BadInput, TraceError) as exc:
         return _error(str(exc), 2)
     try:
-        summary = asyncio.run(_replay(args, requests, timeout_s))
+        summary = asyncio.run(_replay(args, requests, timeout_s, duration_s))
     except ReplayError as exc:
         return _error(str(exc), 1)
     print(json.dumps(summary, indent=2) if args.json else render_table(summary))
     return 0
 
 
-def _selected(args: argparse.Namespace) -> list[TraceRequest]:
+def _selected(args: argparse.Namespace, duration_s: float | None) -> list[TraceRequest]:
     speedup = _parse("--speedup", args.speedup, float)
     limit = None if args.limit is None else _parse("--limit", args.limit, int)
-    duration_s = None if args.duration is None else _parse("--duration", args.duration, float)
     requests = select(read_trace(args.trace), limit=limit, duration_s=duration_s, speedup=speedup)
     if not requests:
         raise _BadInput(f"{args.trace}: no requests arrive within --duration {args.duration}")
     return requests
 
 
-async def _replay(args: argparse.Namespace, requests: list[TraceRequest], timeout_s: float) -> dict[str, Any]:
+async def _replay(
+    args: argparse.Namespace, requests: list[TraceRequest], timeout_s: float, duration_s: float | None
+) -> dict[str, Any]:
+    """Replay in real time; `duration_s` also stops sending when the client falls behind schedule."""
     model = await discover_model(args.target, model=args.model, api_key=args.api_key)
     if not args.json:
         span_s = requests[-1].arrival_s
@@ -138,6 +141,7 @@ async def _replay(args: argparse.Namespace, requests: list[TraceRequest], timeou
         api=args.api,
         api_key=args.api_key,
         timeout_s=timeout_s,
+        duration_s=duration_s,
         vllm_extras=not args.no_vllm_extras,
     )
     extra = {"model": model, "max_send_lag_s": max((r.send_lag_s for r in results), default=0.0)}
