@@ -4,7 +4,7 @@ A step runs every scheduled token through the model once. We cost it as two
 operator groups, each limited by whichever of compute or memory is slower,
 plus the fixed costs a real engine pays around the GPU:
 
-    linear   = max(2 * P_active * T + 2 * V * H * S_logits    / (tp * F),
+    linear   = max(2 * P_active * (T + T0) + 2 * V * H * S_logits / (tp * F),
                    W_read                                      / (tp * B))
     attention= max(4 * L * heads * d_head * pairs              / (tp * F),
                    kv_bytes_per_token * kv_read                / (tp * B))
@@ -16,7 +16,9 @@ sequence), S the sequences in the batch, `pairs` the query-key pairs attention
 evaluates (a chunk of n new tokens over c cached ones costs n*c + n(n+1)/2, a
 decode over context c costs c+1), `kv_read` the cached tokens whose K and V are
 read. F and B are the GPU's peak BF16 FLOP/s and memory bandwidth times the
-efficiency constants below. Weights are read once per step: a dense model reads
+efficiency constants below; T0 (`gemm_ramp_tokens`) models that a GEMM only a
+few tokens tall cannot fill the GPU's tensor cores, so its efficiency is
+T / (T + T0) of the peak share. Weights are read once per step: a dense model reads
 all of them except the input embedding (a row lookup); a MoE reads its shared
 weights plus the expected share of experts that T tokens route to,
 1 - (1 - k/E)^T. The constants are calibrated against published vLLM
@@ -34,11 +36,12 @@ from .catalog import GpuSpec, ModelArch
 class PerfConstants:
     """Efficiency factors and overheads; defaults are the H100 / vLLM-v1 calibration."""
 
-    compute_efficiency: float = 0.60  # achieved share of peak tensor FLOP/s (MFU of GEMMs, attention)
+    compute_efficiency: float = 0.70  # achieved share of peak tensor FLOP/s (MFU of GEMMs, attention)
     bandwidth_efficiency: float = 0.80  # achieved share of peak memory bandwidth
-    step_overhead_s: float = 0.0013  # scheduling, input preparation and launch, per step
-    seq_overhead_s: float = 0.00005  # sampling and output processing, per sequence in the batch
+    step_overhead_s: float = 0.002  # scheduling, input preparation and launch, per step
+    seq_overhead_s: float = 0.00002  # sampling and output processing, per sequence in the batch
     allreduce_latency_s: float = 10e-6  # fixed cost of one tensor-parallel all-reduce
+    gemm_ramp_tokens: int = 128  # GEMMs this many tokens tall run at half efficiency (tile/wave fill)
 
     def __post_init__(self) -> None:
         for name in ("compute_efficiency", "bandwidth_efficiency"):
@@ -82,6 +85,7 @@ class PerfModel:
         self._s_shared_weights = (shared - embedding) * model.dtype_bytes / bandwidth
         self._s_all_experts = expert * model.dtype_bytes / bandwidth
         self._miss_share = 1.0 - routed_share
+        self._ramp = constants.gemm_ramp_tokens
         self._overhead_step = constants.step_overhead_s
         self._overhead_seq = constants.seq_overhead_s
         self._comm_fixed = 2 * model.layers * constants.allreduce_latency_s if tp > 1 else 0.0
@@ -100,7 +104,7 @@ class PerfModel:
         """Seconds one engine step of this shape takes."""
         if shape.tokens <= 0:
             return 0.0
-        compute = shape.tokens * self._s_per_token_flop + shape.logits * self._s_per_logit
+        compute = (shape.tokens + self._ramp) * self._s_per_token_flop + shape.logits * self._s_per_logit
         linear = max(compute, self.weight_read_s(shape.tokens))
         attention = max(shape.attention_pairs * self._s_per_pair, shape.kv_read_tokens * self._s_per_kv_token)
         comm = self._comm_fixed + shape.tokens * self._comm_per_token if self._comm_fixed else 0.0

@@ -69,7 +69,7 @@ def test_a_gpu_twice_as_fast_halves_memory_bound_decode() -> None:
     fast_gpu = fast.decode_step_time(8, 8 * 1024) - overhead
     assert slow_gpu / fast_gpu == pytest.approx(2.0, rel=1e-9)  # the GPU's share halves exactly
     ratio = base.decode_step_time(8, 8 * 1024) / fast.decode_step_time(8, 8 * 1024)
-    assert 1.6 < ratio < 2.0  # the whole step, fixed CPU overheads included, nearly halves
+    assert 1.5 < ratio < 2.0  # the whole step nearly halves: the ~2 ms of CPU overhead per step does not
 
 
 def test_decode_is_memory_bound_and_prefill_compute_bound() -> None:
