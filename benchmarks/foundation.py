@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/foundation.py [--requests 500]
 
-Starts `computenet up` with two `sim` replicas set to answer instantly (ttft and tpot
-0 ms), so what is measured is ComputeNet itself: the time from launch until both
-replicas are ready and the first completion comes back, then the latency of
-sequential one-token chat completions sent straight to a replica and through the
-gateway. Everything runs on 127.0.0.1; the run ends by itself.
+Starts `computenet up` with two `sim` replicas set to answer instantly (a time scale
+of 1e9 makes every simulated step take no real time), so what is measured is
+ComputeNet itself: the time from launch until both replicas are ready and the first
+completion comes back, then the latency of sequential one-token chat completions
+sent straight to a replica and through the gateway. Everything runs on 127.0.0.1; the run ends by itself.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ metadata: {name: bench-llm}
 spec:
   model: bench-llm
   engine: sim
-  engineArgs: {ttft_ms: 0, tpot_ms: 0}
+  engineArgs: {time_scale: 1000000000}
   roles: [{name: server, replicas: 2}]
 """
 BODY = {"model": "bench-llm", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}

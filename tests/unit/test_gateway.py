@@ -61,7 +61,7 @@ async def gateway_with(
 
 @contextlib.asynccontextmanager
 async def sim() -> AsyncIterator[str]:
-    async with serve(create_sim_app(SimConfig(model="m", ttft_ms=1, tpot_ms=1))) as url:
+    async with serve(create_sim_app(SimConfig(model="m", time_scale=20))) as url:
         yield url
 
 

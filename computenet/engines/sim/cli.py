@@ -1,8 +1,10 @@
 """Command line of `python -m computenet.engines.sim`.
 
-Flags mirror vLLM's where vLLM has one (`--max-num-seqs`, `--max-model-len`),
-so a model's tuned args work on both. Unknown flags fail at startup with
-argparse's message and exit status 2, which the pool driver reports.
+Flags mirror vLLM's engine arguments (`--max-num-seqs`, `--gpu-memory-utilization`,
+`--enable-prefix-caching`, ...), so a model's tuned args work on both; `--gpu`
+and `--arch` say what the performance model simulates. Unknown flags, and ids the
+catalogue does not know, fail at startup with exit status 2 and a message naming
+the known ones, which the pool driver reports.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from .config import SimConfig
+from .engine import build_core
 from .server import create_app
 
 GRACEFUL_SHUTDOWN_SECONDS = 5  # open streams get this long after SIGTERM
@@ -29,43 +33,88 @@ class ServeOptions:
 def _at_least(minimum: float, cast: Callable[[str], float]) -> Callable[[str], float]:
     def parse(text: str) -> float:
         value = cast(text)
-        if value < minimum:
+        if not value >= minimum:  # also refuses nan
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
         return value
 
     return parse
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m computenet.engines.sim",
-        description="Simulated OpenAI-compatible LLM server (no GPU, no weights).",
+        description="Simulated OpenAI-compatible LLM server: vLLM's scheduling, KV cache and timing "
+        "for a model architecture on a GPU from the catalogue (no GPU, no weights).",
     )
     defaults = SimConfig(model="-")
     positive = _at_least(1, int)
-    parser.add_argument("--model", required=True, help="served model name")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=_at_least(0, int), default=8000)
-    parser.add_argument("--max-num-seqs", type=positive, default=defaults.max_num_seqs)
-    parser.add_argument("--ttft-ms", type=_at_least(0, float), default=defaults.ttft_ms)
-    parser.add_argument("--tpot-ms", type=_at_least(0, float), default=defaults.tpot_ms)
-    parser.add_argument("--kv-cache-tokens", type=positive, default=defaults.kv_cache_tokens)
-    parser.add_argument("--max-model-len", type=positive, default=defaults.max_model_len)
-    parser.add_argument("--default-max-tokens", type=positive, default=defaults.default_max_tokens)
+    add = parser.add_argument
+    add("--model", required=True, help="served model name")
+    add("--host", default="127.0.0.1")
+    add("--port", type=_at_least(0, int), default=8000)
+    add("--gpu", default=defaults.gpu, help="simulated GPU, a catalogue id (default %(default)s)")
+    add("--arch", default=defaults.arch, help="simulated model architecture id (default %(default)s)")
+    add("--tp", type=positive, default=defaults.tp, help="tensor-parallel size")
+    add("--gpu-memory-utilization", type=_fraction, default=defaults.gpu_memory_utilization)
+    add("--max-num-seqs", type=positive, default=defaults.max_num_seqs)
+    add("--max-num-batched-tokens", type=positive, default=defaults.max_num_batched_tokens)
+    add("--block-size", type=positive, default=defaults.block_size)
+    add("--num-gpu-blocks-override", type=positive, default=None)
+    add("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    add("--max-model-len", type=positive, default=None, help="default: min(context, KV-cache capacity)")
+    add("--default-max-tokens", type=positive, default=defaults.default_max_tokens)
+    add("--catalog", type=Path, nargs="+", action="extend", default=[], help="extra catalogue YAML files")
+    add("--kv-events-endpoint", default=None, help="bind a ZMQ PUB socket here for vLLM-style KV events")
+    add(
+        "--time-scale",
+        type=_positive_float,
+        default=defaults.time_scale,
+        help="divide every simulated step duration by this: 10 runs ten times faster than the "
+        "simulated GPU while keeping relative timings; inf never waits (default %(default)s)",
+    )
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     config = SimConfig(
         model=args.model,
+        gpu=args.gpu,
+        arch=args.arch,
+        tp=int(args.tp),
+        gpu_memory_utilization=float(args.gpu_memory_utilization),
         max_num_seqs=int(args.max_num_seqs),
-        ttft_ms=float(args.ttft_ms),
-        tpot_ms=float(args.tpot_ms),
-        kv_cache_tokens=int(args.kv_cache_tokens),
-        max_model_len=int(args.max_model_len),
+        max_num_batched_tokens=int(args.max_num_batched_tokens),
+        block_size=int(args.block_size),
+        num_gpu_blocks_override=None
+        if args.num_gpu_blocks_override is None
+        else int(args.num_gpu_blocks_override),
+        enable_prefix_caching=bool(args.enable_prefix_caching),
+        max_model_len=None if args.max_model_len is None else int(args.max_model_len),
         default_max_tokens=int(args.default_max_tokens),
+        catalog=tuple(args.catalog),
+        kv_events_endpoint=args.kv_events_endpoint,
+        time_scale=float(args.time_scale),
     )
+    try:
+        build_core(config)  # unknown ids, no room for a KV cache, a context the cache cannot hold
+    except ValueError as exc:
+        parser.error(str(exc))
     return ServeOptions(config=config, host=args.host, port=int(args.port))
 
 

@@ -1,37 +1,68 @@
-"""The sim engine's settings, read once at startup and passed to the app factory."""
+"""The sim engine's settings, read once at startup and passed to the app factory.
+
+The knobs are vLLM's engine arguments (same names, same defaults), so a model's
+tuned args describe a sim replica and a vLLM replica alike; `gpu` and `arch`
+pick what the performance model simulates from the catalogue.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core import CoreConfig
+from .kvcache import BLOCK_SIZE
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """How the simulated engine behaves; the names follow vLLM's flags where vLLM has one."""
+    """How the simulated replica behaves; the names follow vLLM's flags where vLLM has one."""
 
     model: str  # the served name; requests naming anything else get 404
-    max_num_seqs: int = 16  # requests decoding at once; the rest wait
-    ttft_ms: float = 20.0  # delay before the first token (prefill)
-    tpot_ms: float = 5.0  # delay between later tokens (decode)
-    kv_cache_tokens: int = 65536  # KV-cache capacity the usage gauge is a fraction of
-    max_model_len: int = 8192  # prompt + output tokens allowed per request
-    default_max_tokens: int = 16  # output length when a request sets no max_tokens
+    gpu: str = "H100"  # catalogue id of the simulated GPU
+    arch: str = "llama-3.1-8b"  # catalogue id of the simulated model architecture
+    tp: int = 1  # tensor-parallel size: GPUs the replica spans
+    gpu_memory_utilization: float = 0.9
+    max_num_seqs: int = 256  # sequences batched at once; the rest wait
+    max_num_batched_tokens: int = 8192  # token budget of one engine step (chunked prefill)
+    block_size: int = BLOCK_SIZE
+    num_gpu_blocks_override: int | None = None  # KV blocks instead of what the memory would hold
+    enable_prefix_caching: bool = True
+    max_model_len: int | None = None  # None: min(architecture's context, KV-cache capacity)
+    default_max_tokens: int = 16  # output length when a request sets no max_tokens (the "EOS")
+    catalog: tuple[Path, ...] = ()  # extra catalogue files layered over the built-in one
+    kv_events_endpoint: str | None = None  # ZMQ PUB address for vLLM-style KV events; None: off
+    time_scale: float = 1.0  # simulated step durations are divided by this (inf: no waiting at all)
 
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("SimConfig.model must name the served model")
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if isinstance(value, int | float) and value < 0:
-                raise ValueError(f"SimConfig.{item.name} must not be negative, got {value}")
-        for name in ("max_num_seqs", "kv_cache_tokens", "max_model_len", "default_max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SimConfig.{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("tp", "max_num_seqs", "max_num_batched_tokens", "block_size", "default_max_tokens"):
+            _at_least_one(name, getattr(self, name))
+        for name in ("num_gpu_blocks_override", "max_model_len"):
+            if getattr(self, name) is not None:
+                _at_least_one(name, getattr(self, name))
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"SimConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if math.isnan(self.time_scale) or self.time_scale <= 0:
+            raise ValueError(f"SimConfig.time_scale must be positive, got {self.time_scale}")
 
-    @property
-    def ttft_s(self) -> float:
-        return self.ttft_ms / 1000.0
+    def core_config(self) -> CoreConfig:
+        return CoreConfig(
+            tp=self.tp,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            block_size=self.block_size,
+            num_gpu_blocks_override=self.num_gpu_blocks_override,
+            enable_prefix_caching=self.enable_prefix_caching,
+            kv_events=self.kv_events_endpoint is not None,
+        )
 
-    @property
-    def tpot_s(self) -> float:
-        return self.tpot_ms / 1000.0
+
+def _at_least_one(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"SimConfig.{name} must be at least 1, got {value}")

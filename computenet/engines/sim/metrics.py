@@ -1,15 +1,22 @@
 """The sim's /metrics under vLLM's names, so one parser and one dashboard serve both.
 
 Each app owns its `CollectorRegistry` (no global registry), which keeps several
-sims in one test process apart. Gauges are read from the engine at scrape time
-rather than pushed, so they can never drift from the engine's real state.
+sims in one test process apart. Load gauges and the prefix-cache and preemption
+counters are read from the engine core at scrape time rather than pushed, so
+they can never drift from its real state; latency histograms are observed by the
+driver as it hands tokens out. `computenet_sim_step_lag_seconds` is the sim's
+own health: how late each step's tokens left against the simulated schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .core import EngineCore
 
 # vLLM's own bucket boundaries, so histograms from sim and vLLM replicas aggregate.
 TTFT_BUCKETS_SECONDS = (
@@ -24,53 +31,77 @@ E2E_BUCKETS_SECONDS = (
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
     40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
+LAG_BUCKETS_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 _LABELS = ("model_name",)
+
+
+class _CoreCollector(Collector):
+    """Families computed from the engine core on every scrape."""
+
+    def __init__(self, model_name: str, core: EngineCore, cache_info: Mapping[str, str]) -> None:
+        self._model_name = model_name
+        self._core = core
+        self._cache_info = dict(cache_info)
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        core = self._core
+        yield self._family(
+            GaugeMetricFamily, "vllm:num_requests_running", "Requests in the batch.", core.num_running
+        )
+        yield self._family(
+            GaugeMetricFamily, "vllm:num_requests_waiting", "Requests queued.", core.num_waiting
+        )
+        yield self._family(
+            GaugeMetricFamily, "vllm:kv_cache_usage_perc", "KV-cache usage, 1 is full.", core.kv.usage
+        )
+        queries = "Prefix cache queries, in queried prompt tokens."
+        yield self._family(CounterMetricFamily, "vllm:prefix_cache_queries", queries, core.kv.query_tokens)
+        hits = "Prefix cache hits, in prompt tokens found cached."
+        yield self._family(CounterMetricFamily, "vllm:prefix_cache_hits", hits, core.kv.hit_tokens)
+        preempted = "Requests preempted (recomputed) for lack of KV blocks."
+        yield self._family(CounterMetricFamily, "vllm:num_preemptions", preempted, core.scheduler.preemptions)
+        info = GaugeMetricFamily(
+            "vllm:cache_config_info", "Cache configuration.", labels=list(self._cache_info)
+        )
+        info.add_metric(list(self._cache_info.values()), 1.0)
+        yield info
+
+    def _family(
+        self, kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, value: float
+    ) -> GaugeMetricFamily | CounterMetricFamily:
+        family = kind(name, doc, labels=list(_LABELS))
+        family.add_metric([self._model_name], float(value))
+        return family
 
 
 class SimMetrics:
     """The vLLM-named collectors of one sim app, all labelled with the served model name."""
 
-    def __init__(
-        self,
-        model_name: str,
-        running: Callable[[], float],
-        waiting: Callable[[], float],
-        kv_cache_usage: Callable[[], float],
-    ) -> None:
+    def __init__(self, model_name: str, core: EngineCore, cache_info: Mapping[str, str]) -> None:
         self.registry = CollectorRegistry()
         self._model_name = model_name
-        self._gauge("vllm:num_requests_running", "Requests being processed.", running)
-        self._gauge("vllm:num_requests_waiting", "Requests waiting for a slot.", waiting)
-        self._gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 means full.", kv_cache_usage)
+        self.registry.register(_CoreCollector(model_name, core, cache_info))
         self._prompt_tokens = self._counter("vllm:prompt_tokens", "Prefilled prompt tokens.")
-        self._generation_tokens = self._counter("vllm:generation_tokens", "Generated tokens.")
+        self.generation_tokens = self._counter("vllm:generation_tokens", "Generated tokens.")
         self._success = Counter(
             "vllm:request_success",
             "Finished requests.",
             [*_LABELS, "finished_reason"],
             registry=self.registry,
         )
-        self._ttft = self._histogram("vllm:time_to_first_token_seconds", TTFT_BUCKETS_SECONDS)
-        self._itl = self._histogram("vllm:inter_token_latency_seconds", ITL_BUCKETS_SECONDS)
+        self.ttft = self._histogram("vllm:time_to_first_token_seconds", TTFT_BUCKETS_SECONDS)
+        self.itl = self._histogram("vllm:inter_token_latency_seconds", ITL_BUCKETS_SECONDS)
         self._e2e = self._histogram("vllm:e2e_request_latency_seconds", E2E_BUCKETS_SECONDS)
+        self.step_lag = self._histogram("computenet_sim_step_lag_seconds", LAG_BUCKETS_SECONDS)
 
     def observe_first_token(self, prompt_tokens: int, ttft_s: float) -> None:
         self._prompt_tokens.inc(prompt_tokens)
-        self._ttft.observe(ttft_s)
-
-    def observe_token(self, inter_token_s: float | None) -> None:
-        """One generated token; `inter_token_s` is None for the first (it has a TTFT instead)."""
-        self._generation_tokens.inc()
-        if inter_token_s is not None:
-            self._itl.observe(inter_token_s)
+        self.ttft.observe(ttft_s)
 
     def observe_finished(self, finish_reason: str, e2e_s: float) -> None:
         self._success.labels(self._model_name, finish_reason).inc()
         self._e2e.observe(e2e_s)
-
-    def _gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        Gauge(name, doc, _LABELS, registry=self.registry).labels(self._model_name).set_function(read)
 
     def _counter(self, name: str, doc: str) -> Counter:
         return Counter(name, doc, _LABELS, registry=self.registry).labels(self._model_name)
@@ -79,3 +110,24 @@ class SimMetrics:
         doc = name.removeprefix("vllm:").replace("_", " ")
         family = Histogram(name, doc, _LABELS, registry=self.registry, buckets=buckets)
         return family.labels(self._model_name)
+
+
+def cache_config_info(core: EngineCore) -> dict[str, str]:
+    """`vllm:cache_config_info` labels, spelled as vLLM's `CacheConfig.metrics_info()` spells them."""
+    config = core.config
+    return {
+        "block_size": str(config.block_size),
+        "cache_dtype": "auto",
+        "calculate_kv_scales": "False",
+        "cpu_offload_gb": "0",
+        "enable_prefix_caching": str(config.enable_prefix_caching),
+        "gpu_memory_utilization": str(config.gpu_memory_utilization),
+        "is_attention_free": "False",
+        "num_cpu_blocks": "None",
+        "num_gpu_blocks": str(core.kv.num_blocks),
+        "num_gpu_blocks_override": str(config.num_gpu_blocks_override),
+        "prefix_caching_hash_algo": "builtin",
+        "sliding_window": "None",
+        "swap_space": "0",
+        "engine": "0",
+    }

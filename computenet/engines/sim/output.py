@@ -14,7 +14,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .engine import GenerationPlan
+from .engine import Generation, GenerationPlan
 
 JSONDict = dict[str, Any]
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -93,33 +93,35 @@ class TextShape:
         return self.choice("", finish_reason)
 
 
-def usage(plan: GenerationPlan) -> JSONDict:
+def usage(plan: GenerationPlan, cached_tokens: int = 0) -> JSONDict:
+    """OpenAI's usage; like vLLM, `prompt_tokens_details.cached_tokens` appears when the prefix cache hit."""
     completion = plan.output_tokens
-    return {
+    body: JSONDict = {
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": plan.prompt_tokens + completion,
     }
+    if cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return body
 
 
-async def collect(
-    shape: Shape, envelope: Envelope, plan: GenerationPlan, pieces: AsyncGenerator[str, None]
-) -> JSONDict:
+async def collect(shape: Shape, envelope: Envelope, generation: Generation) -> JSONDict:
     """The whole non-streaming response, once the engine has produced every token."""
+    pieces = generation.pieces()
     async with aclosing(pieces):
         text = "".join([piece async for piece in pieces])
+    plan = generation.plan
     choice = shape.choice(text, plan.finish_reason)
-    return envelope.wrap(shape.object_name, [choice], usage=usage(plan))
+    return envelope.wrap(shape.object_name, [choice], usage=usage(plan, generation.cached_tokens))
 
 
 async def sse_events(
-    shape: Shape,
-    envelope: Envelope,
-    plan: GenerationPlan,
-    pieces: AsyncGenerator[str, None],
-    include_usage: bool,
+    shape: Shape, envelope: Envelope, generation: Generation, include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     """`data:` events for a streamed response: pieces, a finish chunk, optional usage, `[DONE]`."""
+    pieces: AsyncGenerator[str, None] = generation.pieces()
+    plan = generation.plan
     async with aclosing(pieces):
         first = True
         async for piece in pieces:
@@ -130,7 +132,7 @@ async def sse_events(
             yield event(envelope.wrap(shape.chunk_object_name, [shape.piece_choice(piece)]))
     yield event(envelope.wrap(shape.chunk_object_name, [shape.final_choice(plan.finish_reason)]))
     if include_usage:
-        yield event(envelope.wrap(shape.chunk_object_name, [], usage=usage(plan)))
+        yield event(envelope.wrap(shape.chunk_object_name, [], usage=usage(plan, generation.cached_tokens)))
     yield DONE_EVENT
 
 

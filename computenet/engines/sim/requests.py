@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .tokens import count_chat_tokens, count_tokens
+from .tokens import chat_token_ids, encode, valid_ids
 
 
 class RequestError(Exception):
@@ -67,6 +67,8 @@ class GenerationRequest(_Lenient):
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int = Field(default=0, ge=0)  # vLLM's extra: no stop before this many tokens
+    ignore_eos: bool = False  # vLLM's extra; the sim stops only at its planned length anyway
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -78,8 +80,14 @@ class GenerationRequest(_Lenient):
     def output_limit(self) -> int | None:
         return self.max_tokens
 
-    def prompt_tokens(self) -> int:
+    def prompt_token_ids(self) -> list[int]:
         raise NotImplementedError
+
+    def check_limits(self) -> None:
+        limit = self.output_limit()
+        if limit is not None and self.min_tokens > limit:
+            message = f"min_tokens ({self.min_tokens}) must be less than or equal to max_tokens ({limit})"
+            raise RequestError(400, message, param="min_tokens")
 
 
 class ChatCompletionRequest(GenerationRequest):
@@ -89,26 +97,59 @@ class ChatCompletionRequest(GenerationRequest):
     def output_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def prompt_tokens(self) -> int:
-        return count_chat_tokens(message.text() for message in self.messages)
+    def prompt_token_ids(self) -> list[int]:
+        return chat_token_ids((message.role, message.text()) for message in self.messages)
 
 
 class CompletionRequest(GenerationRequest):
     prompt: str | list[int] | list[str]
 
-    def prompt_tokens(self) -> int:
-        if isinstance(self.prompt, str):
-            return count_tokens(self.prompt)
-        if not self.prompt:
-            raise RequestError(400, "prompt must not be empty", param="prompt")
-        if isinstance(self.prompt[0], int):
-            return len(self.prompt)  # already token ids
-        if len(self.prompt) != 1:
-            raise RequestError(400, "sim serves one prompt per request, not a batch", param="prompt")
-        return count_tokens(str(self.prompt[0]))
+    def prompt_token_ids(self) -> list[int]:
+        return prompt_ids(self.prompt)
 
 
-_Request = TypeVar("_Request", bound=GenerationRequest)
+def prompt_ids(prompt: str | list[int] | list[str]) -> list[int]:
+    """Token ids of a completion prompt: text, token ids, or a one-element list of text."""
+    if isinstance(prompt, str):
+        ids = encode(prompt)
+    elif not prompt:
+        ids = []
+    elif isinstance(prompt[0], int):
+        ids = [int(token) for token in prompt]
+        if not valid_ids(ids):
+            raise RequestError(400, "prompt token ids must not be negative", param="prompt")
+    elif len(prompt) != 1:
+        raise RequestError(400, "sim serves one prompt per request, not a batch", param="prompt")
+    else:
+        ids = encode(str(prompt[0]))
+    if not ids:
+        raise RequestError(400, "prompt must not be empty", param="prompt")
+    return ids
+
+
+class TokenizeRequest(_Lenient):
+    """vLLM's /tokenize body: a completion `prompt` or chat `messages`."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True  # chat only, as in vLLM
+
+    def token_ids(self) -> list[int]:
+        if self.messages is not None:
+            pairs = ((message.role, message.text()) for message in self.messages)
+            return chat_token_ids(pairs, add_generation_prompt=self.add_generation_prompt)
+        if self.prompt is None:
+            raise RequestError(400, "give either prompt or messages", param="prompt")
+        return encode(self.prompt)
+
+
+class DetokenizeRequest(_Lenient):
+    model: str | None = None
+    tokens: list[int]
+
+
+_Request = TypeVar("_Request", bound=BaseModel)
 
 
 def parse_request(kind: type[_Request], raw: bytes) -> _Request:
@@ -125,6 +166,8 @@ def parse_request(kind: type[_Request], raw: bytes) -> _Request:
         first = exc.errors()[0]
         param = ".".join(map(str, first["loc"])) or None
         raise RequestError(400, f"{param}: {first['msg']}", param=param) from exc
-    if request.n != 1:
-        raise RequestError(400, "sim serves n=1 only", param="n")
+    if isinstance(request, GenerationRequest):
+        if request.n != 1:
+            raise RequestError(400, "sim serves n=1 only", param="n")
+        request.check_limits()
     return request

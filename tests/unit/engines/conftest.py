@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sim_testkit import MODEL, SimClientFactory
+from sim_testkit import FAST_TIME_SCALE, MODEL, SimClientFactory
 
 from computenet.engines.sim import SimConfig
 from computenet.engines.sim.server import create_app
@@ -15,11 +15,14 @@ from computenet.engines.sim.server import create_app
 
 @pytest.fixture
 async def make_sim() -> AsyncIterator[SimClientFactory]:
-    """`await make_sim(**config)` -> an httpx client bound to a fresh in-process sim app."""
+    """`await make_sim(**config)` -> an httpx client bound to a fresh in-process sim app.
+
+    Steps run `FAST_TIME_SCALE` times faster than the simulated H100 unless a test says otherwise.
+    """
     clients: list[httpx.AsyncClient] = []
 
     async def factory(**overrides: Any) -> httpx.AsyncClient:
-        config = SimConfig(**{"model": MODEL, "ttft_ms": 0.0, "tpot_ms": 0.0, **overrides})
+        config = SimConfig(**{"model": MODEL, "time_scale": FAST_TIME_SCALE, **overrides})
         app = create_app(config)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
         clients.append(client)

@@ -16,6 +16,7 @@ import httpx
 from computenet.engines.metrics import sample_sums
 
 MODEL = "sim-test"
+FAST_TIME_SCALE = 100.0  # simulated steps run this much faster than real time: shapes, not timing
 
 SimClientFactory = Callable[..., Awaitable[httpx.AsyncClient]]
 
@@ -42,6 +43,10 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 
     while not await predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.005)
+
+
+def in_process(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
 def chat_body(content: str = "Hello there, sim!", **extra: Any) -> dict[str, Any]:

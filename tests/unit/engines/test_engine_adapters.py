@@ -119,10 +119,10 @@ def test_sglang_command_keeps_tp_set_in_args(key: str) -> None:
 
 
 def test_sim_command_uses_served_name_and_ignores_source() -> None:
-    argv = SimAdapter().command(spec(gpus=2, args={"max_num_seqs": 4, "tpot_ms": 2.5}))
+    argv = SimAdapter().command(spec(gpus=2, args={"max_num_seqs": 4, "time_scale": 2.5}))
     assert argv == [
         sys.executable, "-m", "computenet.engines.sim", "--model", "qwen", "--host", "0.0.0.0",
-        "--port", "8001", "--max-num-seqs", "4", "--tpot-ms", "2.5",
+        "--port", "8001", "--max-num-seqs", "4", "--time-scale", "2.5",
     ]  # fmt: skip
 
 

@@ -39,12 +39,10 @@ async def _wait_healthy(process: asyncio.subprocess.Process, base_url: str, time
 @pytest.fixture
 async def sim_url() -> AsyncIterator[str]:
     port = _free_port()
-    argv = ["-m", "computenet.engines.sim", "--model", MODEL, "--port", str(port), "--ttft-ms", "1"]
+    argv = ["-m", "computenet.engines.sim", "--model", MODEL, "--port", str(port), "--time-scale", "20"]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         *argv,
-        "--tpot-ms",
-        "1",
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -79,3 +77,16 @@ async def test_openai_sdk_against_sim_process(sim_url: str) -> None:
 
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="nope", messages=messages)
+
+
+@pytest.mark.e2e
+async def test_unknown_gpu_exits_2_naming_the_known_ones() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *["-m", "computenet.engines.sim", "--model", MODEL, "--gpu", "Z80"],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    assert "unknown GPU 'Z80'; known: A100-40G" in stderr.decode()

@@ -1,4 +1,4 @@
-"""Streaming from the sim: OpenAI chunk shapes, include_usage, and disconnects freeing slots."""
+"""Streaming from the sim: OpenAI chunk shapes, include_usage, and disconnects aborting in the core."""
 
 from __future__ import annotations
 
@@ -111,29 +111,31 @@ class _Client:
         }
 
 
-async def test_stream_disconnect_frees_the_slot_at_once() -> None:
-    app = create_app(SimConfig(model=MODEL, max_num_seqs=1, ttft_ms=0, tpot_ms=50))
-    client = _Client(app, chat_body(max_tokens=200, stream=True))  # 10 s if it ran to the end
+async def test_stream_disconnect_aborts_and_frees_kv_at_once() -> None:
+    app = create_app(SimConfig(model=MODEL, max_num_seqs=1, time_scale=0.5))  # ~15 ms per token
+    client = _Client(app, chat_body("word " * 500, max_tokens=1000, stream=True))  # 15 s if it ran to the end
     running = asyncio.create_task(client.run())
+    engine = app.state.engine
     await _until(lambda: len(client.body_chunks) >= 2)
+    assert engine.kv_cache_usage > 0
     client.hang_up.set()
     await asyncio.wait_for(running, timeout=2)
-    engine = app.state.engine
     assert (engine.running, engine.waiting, engine.kv_cache_usage) == (0, 0, 0.0)
+    assert not engine.core.has_work
     async with _http(app) as http:
         metrics = await scrape(http)
-    assert metrics["vllm:generation_tokens_total"] < 10
+    assert metrics["vllm:generation_tokens_total"] < 100
     assert metrics.get("vllm:request_success_total", 0) == 0
 
 
 async def test_disconnect_while_waiting_leaves_the_queue() -> None:
-    app = create_app(SimConfig(model=MODEL, max_num_seqs=1, ttft_ms=0, tpot_ms=20))
+    app = create_app(SimConfig(model=MODEL, max_num_seqs=1, time_scale=1))
     async with _http(app) as sim:
         await _hang_up_while_queued(app, sim)
 
 
 async def _hang_up_while_queued(app: Starlette, sim: httpx.AsyncClient) -> None:
-    holder = asyncio.create_task(sim.post("/v1/chat/completions", json=chat_body(max_tokens=5)))
+    holder = asyncio.create_task(sim.post("/v1/chat/completions", json=chat_body(max_tokens=100)))  # ~0.7 s
     await wait_for(lambda: _gauge(sim, "vllm:num_requests_running", 1))
     queued = _Client(app, chat_body(max_tokens=5))  # non-streaming this time
     queued_task = asyncio.create_task(queued.run())

@@ -1,0 +1,135 @@
+"""KV events from a sim, received by a real ZMQ SUB socket on 127.0.0.1 and decoded as vLLM's batches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+from sim_testkit import FAST_TIME_SCALE, MODEL, in_process
+
+from computenet.engines.sim import SimConfig
+from computenet.engines.sim.kv_events import encode_batch
+from computenet.engines.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, chain_hashes
+from computenet.engines.sim.server import create_app
+from computenet.pools.processes import free_port
+
+Batch = tuple[int, list[Any]]  # (seq, events)
+
+
+class _Subscriber:
+    def __init__(self, endpoint: str) -> None:
+        self._context = zmq.asyncio.Context()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._socket.connect(endpoint)
+
+    async def receive(self, timeout_s: float = 2.0) -> Batch | None:
+        if not await self._socket.poll(timeout_s * 1000):
+            return None
+        topic, seq, payload = await self._socket.recv_multipart()
+        assert topic == b"" and len(seq) == 8
+        ts, events, rank = msgpack.unpackb(payload)
+        assert isinstance(ts, float) and rank == 0
+        return int.from_bytes(seq, "big"), events
+
+    async def drain(self) -> list[Batch]:
+        batches = []
+        while (batch := await self.receive(0.2)) is not None:
+            batches.append(batch)
+        return batches
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+
+@pytest.fixture
+async def sim_with_events() -> AsyncIterator[tuple[httpx.AsyncClient, _Subscriber]]:
+    """An in-process sim (lifespan running) with 8 KV blocks, and a subscriber that already hears it."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = SimConfig(
+        model=MODEL, num_gpu_blocks_override=8, kv_events_endpoint=endpoint, time_scale=FAST_TIME_SCALE
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app), in_process(app) as client:
+        subscriber = _Subscriber(endpoint)
+        try:
+            for _ in range(100):  # PUB drops what it sends before the subscription arrives
+                await client.post("/reset_prefix_cache")
+                if await subscriber.receive(0.05) is not None:
+                    break
+            else:
+                pytest.fail("no KV event reached the subscriber")
+            await subscriber.drain()
+            yield client, subscriber
+        finally:
+            subscriber.close()
+
+
+async def _complete(client: httpx.AsyncClient, prompt: list[int]) -> None:
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 8})
+    assert response.status_code == 200
+
+
+async def test_prompt_blocks_are_published_as_stored_then_removed(
+    sim_with_events: tuple[httpx.AsyncClient, _Subscriber],
+) -> None:
+    client, subscriber = sim_with_events
+    first = list(range(1000, 1064))  # 4 full blocks
+    await _complete(client, first)
+    batches = await subscriber.drain()
+    events = [event for _, event_list in batches for event in event_list]
+    stored = [event for event in events if event[0] == "BlockStored"]
+    assert stored == [["BlockStored", chain_hashes(first, 16), None, first, 16, None, "GPU", None]]
+
+    second = list(range(2000, 2096))  # 6 blocks of prompt + output: only 8 exist, so first's are evicted
+    await _complete(client, second)
+    later = await subscriber.drain()
+    removed = [
+        hash_ for _, event_list in later for e in event_list if e[0] == "BlockRemoved" for hash_ in e[1]
+    ]
+    assert removed and set(removed) <= set(chain_hashes(first, 16))
+    assert all(e[2] == "GPU" for _, event_list in later for e in event_list if e[0] == "BlockRemoved")
+    sequence = [seq for seq, _ in batches + later]
+    assert sequence == list(range(sequence[0], sequence[0] + len(sequence)))
+
+
+async def test_reset_publishes_all_blocks_cleared(
+    sim_with_events: tuple[httpx.AsyncClient, _Subscriber],
+) -> None:
+    client, subscriber = sim_with_events
+    assert (await client.post("/reset_prefix_cache")).json() == {"reset": True}
+    batch = await subscriber.receive()
+    assert batch is not None and batch[1] == [["AllBlocksCleared"]]
+
+
+def test_batch_encoding_is_vllm_array_like() -> None:
+    events = [BlockStored([7, 8], 6, list(range(32)), 16), BlockRemoved([5]), AllBlocksCleared()]
+    decoded = msgpack.unpackb(encode_batch(events, 12.5, data_parallel_rank=3))
+    assert decoded == [
+        12.5,
+        [
+            ["BlockStored", [7, 8], 6, list(range(32)), 16, None, "GPU", None],
+            ["BlockRemoved", [5], "GPU"],
+            ["AllBlocksCleared"],
+        ],
+        3,
+    ]
+    assert msgpack.unpackb(encode_batch([BlockRemoved([2**64 - 1])], 0.0))[1][0][1] == [2**64 - 1]
+
+
+async def test_a_taken_endpoint_fails_startup() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = SimConfig(model=MODEL, kv_events_endpoint=endpoint)
+    holder = create_app(config)
+    async with holder.router.lifespan_context(holder):
+        second = create_app(config)
+        with pytest.raises(ValueError, match="cannot bind"):
+            async with second.router.lifespan_context(second):
+                pass
