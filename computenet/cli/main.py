@@ -66,9 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("version", help="print client and server versions")
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
-    from . import bench
+    from . import bench, simulate
 
     bench.add_commands(add)
+    simulate.add_commands(add)
     return parser
 
 

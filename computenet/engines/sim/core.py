@@ -14,6 +14,7 @@ context, so the steps are summed without touching each request per step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .catalog import GpuSpec, ModelArch
@@ -130,13 +131,8 @@ class EngineCore:
         steps = self._steps_that_fit(running, steps)
         if steps < 2:
             return None
-        batch = len(running)
         context = sum(request.num_computed for request in running)
-        perf = self.perf
-        elapsed, taken = 0.0, 0
-        while taken < steps and now_s + elapsed < until_s:
-            elapsed += perf.decode_step_time(batch, context + taken * batch)
-            taken += 1
+        taken, elapsed = _decode_span(self.perf, len(running), context, steps, now_s, until_s)
         if not taken:
             return None
         return self._apply_decode_run(now_s + elapsed, elapsed, taken)
@@ -171,3 +167,60 @@ class EngineCore:
         self.busy_s += elapsed
         self.steps += taken
         return StepResult(elapsed, sampled, finished, 0, taken)
+
+
+def _decode_span(
+    perf: PerfModel, batch: int, context: int, steps: int, now_s: float, until_s: float
+) -> tuple[int, float]:
+    """How many of `steps` decode steps start before `until_s`, and their summed time.
+
+    Step k reads `context + k * batch` cached tokens and a decode step's cost is affine
+    in that (the linear layers are fixed by the batch, attention grows with the
+    context), so t_k = t0 + k * slope and the first n steps take n * t0 + slope * n(n-1)/2.
+    Solving for n instead of summing step by step halves a fleet replay. Should the
+    cost model stop being affine over the run, the exact per-step sum is used.
+    """
+    t0 = perf.decode_step_time(batch, context)
+    slope = perf.decode_step_time(batch, context + batch) - t0
+
+    def start(k: int) -> float:  # offset of step k from now_s
+        return k * t0 + slope * (k * (k - 1) / 2)
+
+    last = steps - 1
+    if now_s + start(last) < until_s:
+        taken = steps
+    else:
+        k = max(0, min(last, math.ceil(_solve_start(t0, slope, until_s - now_s))))
+        while k > 0 and now_s + start(k) >= until_s:
+            k -= 1
+        taken = k + 1 if now_s + start(k) < until_s else 0
+    if taken > 2 and not _affine(perf, batch, context, taken - 1, t0, slope):
+        return _decode_span_stepwise(perf, batch, context, steps, now_s, until_s)
+    return taken, start(taken)
+
+
+def _solve_start(t0: float, slope: float, window_s: float) -> float:
+    """The real k with k * t0 + slope * k(k-1)/2 = window_s: a first guess the caller corrects."""
+    if slope <= 0:
+        return window_s / t0
+    linear = t0 - slope / 2
+    return (math.sqrt(linear * linear + 2 * slope * window_s) - linear) / slope
+
+
+def _affine(perf: PerfModel, batch: int, context: int, last: int, t0: float, slope: float) -> bool:
+    """Whether the step costs at k = 2 and k = `last` lie on the line through k = 0 and k = 1."""
+    for k in (2, last):
+        expected = t0 + k * slope
+        if not math.isclose(perf.decode_step_time(batch, context + k * batch), expected, rel_tol=1e-9):
+            return False
+    return True
+
+
+def _decode_span_stepwise(
+    perf: PerfModel, batch: int, context: int, steps: int, now_s: float, until_s: float
+) -> tuple[int, float]:
+    elapsed, taken = 0.0, 0
+    while taken < steps and now_s + elapsed < until_s:
+        elapsed += perf.decode_step_time(batch, context + taken * batch)
+        taken += 1
+    return taken, elapsed

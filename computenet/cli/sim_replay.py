@@ -1,0 +1,192 @@
+"""`computenet sim replay`: replay a trace through a simulated fleet and print the summary.
+
+The summary is the one `bench replay` prints for a real endpoint (same JSON,
+same table), plus what only a simulator knows: GPU-busy share, virtual time,
+preemptions. Bad input exits 2 with one `error:` line naming the flag or file,
+before the clock starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from computenet.engines.sim.catalog import CatalogError, load_catalog
+from computenet.engines.sim.core import CoreConfig, NotEnoughMemory
+from computenet.engines.sim.fleet import Arrival, Fleet, FleetConfig, FleetResult, RequestRecord
+from computenet.workloads import (
+    RequestResult,
+    TraceError,
+    TraceRequest,
+    active_span_s,
+    read_trace,
+    render_table,
+    select,
+    summarize,
+)
+
+from .sim_routing import make_router
+
+_Number = TypeVar("_Number", int, float)
+_T = TypeVar("_T")
+
+
+class _BadInput(Exception):
+    """A flag or file the user must fix; exit 2."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a run needs, checked before the clock starts."""
+
+    fleet: Fleet
+    requests: list[TraceRequest]
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    try:
+        plan = _plan(args)
+    except (_BadInput, TraceError, CatalogError) as exc:
+        return _error(str(exc), 2)
+    if not args.json:
+        span_s = plan.requests[-1].arrival_s
+        print(f"simulating {len(plan.requests)} requests over {span_s:.1f} s", file=sys.stderr)
+    start = time.perf_counter()
+    result = plan.fleet.run(_arrivals(plan.requests))
+    summary = _summary(result, time.perf_counter() - start, args, plan.fleet.config)
+    print(json.dumps(summary, indent=2) if args.json else render_table(summary))
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> _Plan:
+    try:
+        catalog = load_catalog(args.catalog)
+    except CatalogError as exc:
+        raise _BadInput(f"--catalog: {exc}") from None
+    gpu, model = _entry("--gpu", catalog.gpu, args.gpu), _entry("--model", catalog.model, args.model)
+    core = _core_config(args)
+    try:
+        router = make_router(args.router, model=args.model, seed=_parse("--seed", args.seed, int, zero=True))
+    except ValueError as exc:
+        raise _BadInput(str(exc)) from None
+    config = FleetConfig(replicas=_parse("--replicas", args.replicas, int), core=core)
+    try:
+        fleet = Fleet(model, gpu, config, router)
+    except NotEnoughMemory as exc:
+        raise _BadInput(f"--gpu {args.gpu}: {exc}") from None
+    return _Plan(fleet, _requests(args))
+
+
+def _entry(flag: str, lookup: Callable[[str], _T], key: str) -> _T:
+    try:
+        return lookup(key)
+    except CatalogError as exc:
+        raise _BadInput(f"{flag}: {exc}") from None
+
+
+def _core_config(args: argparse.Namespace) -> CoreConfig:
+    utilization = _parse("--gpu-memory-utilization", args.gpu_memory_utilization, float)
+    if utilization > 1:
+        raise _BadInput(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization!r}")
+    return CoreConfig(
+        tp=_parse("--tp", args.tp, int),
+        gpu_memory_utilization=utilization,
+        max_num_seqs=_parse("--max-num-seqs", args.max_num_seqs, int),
+        max_num_batched_tokens=_parse("--max-num-batched-tokens", args.max_num_batched_tokens, int),
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+
+
+def _requests(args: argparse.Namespace) -> list[TraceRequest]:
+    speedup = _parse("--speedup", args.speedup, float)
+    limit = None if args.limit is None else _parse("--limit", args.limit, int)
+    duration_s = None if args.duration is None else _parse("--duration", args.duration, float)
+    requests = select(read_trace(args.trace), limit=limit, duration_s=duration_s, speedup=speedup)
+    if not requests:
+        raise _BadInput(f"{args.trace}: no requests to replay (check --limit and --duration)")
+    return requests
+
+
+def _arrivals(requests: Sequence[TraceRequest]) -> Iterator[Arrival]:
+    """Arrivals one at a time; the fleet expands each one's hash ids into block hashes when it arrives."""
+    for request in requests:
+        yield Arrival(
+            request.arrival_s,
+            request.input_tokens,
+            request.output_tokens,
+            request.hash_ids,
+            request.hash_block_tokens,
+        )
+
+
+def _summary(
+    result: FleetResult, wall_s: float, args: argparse.Namespace, config: FleetConfig
+) -> dict[str, Any]:
+    """`bench replay`'s document plus what only a simulator knows (GPU busy share, virtual time)."""
+    totals = result.totals
+    results = [_result(record) for record in result.records]
+    extra = {
+        "router": args.router,
+        "replicas": config.replicas,
+        "gpu": args.gpu,
+        "model": args.model,
+        "tp": config.core.tp,
+        "gpu_busy": totals.gpu_busy,
+        "virtual_s": totals.makespan_s,
+        "sim_speedup": totals.makespan_s / wall_s if wall_s > 0 else None,  # virtual seconds per wall second
+        "preemptions": totals.preemptions,
+        "steps": totals.steps,
+    }
+    return summarize(
+        results,
+        duration_s=active_span_s(results),
+        wall_s=wall_s,
+        prefix_hit_rate=totals.prefix_hit_rate if totals.completed else None,
+        extra=extra,
+    )
+
+
+def _result(record: RequestRecord) -> RequestResult:
+    """A fleet record as a client would have seen it; inter-token gaps are not tracked in virtual time."""
+    if not record.ok or record.first_token_s is None or record.finish_s is None:
+        return RequestResult(
+            False,
+            None,
+            None,
+            0,
+            error=record.error,
+            prompt_tokens=record.prompt_tokens,
+            sent_s=record.arrival_s,
+        )
+    return RequestResult(
+        True,
+        record.first_token_s - record.arrival_s,
+        record.finish_s - record.arrival_s,
+        record.output_tokens,
+        prompt_tokens=record.prompt_tokens,
+        sent_s=record.arrival_s,
+        cached_tokens=record.cached_tokens,
+    )
+
+
+def _parse(flag: str, text: str, cast: Callable[[str], _Number], *, zero: bool = False) -> _Number:
+    """A finite number > 0 (>= 0 with `zero`), or `_BadInput` naming the flag."""
+    noun = ("a non-negative" if zero else "a positive") + (" integer" if cast is int else " number")
+    try:
+        value = cast(text)
+    except ValueError:
+        raise _BadInput(f"{flag} must be {noun}, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise _BadInput(f"{flag} must be {noun}, got {text!r}")
+    return value
+
+
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code

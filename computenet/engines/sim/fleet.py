@@ -1,0 +1,404 @@
+"""Many sim engine cores on one virtual clock: a discrete-event fleet simulator.
+
+Comparing routers and autoscalers needs hours of traffic over tens of replicas;
+the real-time sim would take those hours. Here every replica is an `EngineCore`
+in this process, and a heap of events (step completions, replicas becoming
+ready, autoscaler ticks) merged with the arrival stream moves one virtual clock.
+A request arriving at t goes to the replica the router picks and joins its
+waiting queue; an idle replica starts a step at once, a busy one takes it at its
+next step boundary, as vLLM's engine loop does. Everything that happens at one
+instant is applied before any replica starts its next step, so requests that
+arrive together are batched together.
+
+Speed comes from `EngineCore.decode_run`: between two arrivals anywhere in the
+fleet no replica can gain work, so a steady decode batch runs up to the next
+arrival in one call instead of one event per token.
+
+Arrivals are pulled lazily and block hashes are built when a request arrives and
+dropped when it finishes, so memory follows the requests in flight, not the trace.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .catalog import GpuSpec, ModelArch
+from .core import CoreConfig, EngineCore, StepResult
+from .kvcache import segment_hashes
+from .routers import ReplicaView, Router
+from .scheduler import SimRequest
+
+_STEP_DONE, _READY, _TICK = 0, 1, 2  # event kinds; at one instant the heap orders them by push order
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One request as the fleet receives it.
+
+    The prompt's identity is either `block_hashes` (one per full KV block, as
+    `kvcache.chain_hashes` makes them) or Mooncake-style `segment_ids` of
+    `segment_tokens`-token segments, expanded into block hashes only on arrival.
+    """
+
+    arrival_s: float
+    prompt_len: int
+    output_len: int
+    segment_ids: Sequence[int] = ()
+    segment_tokens: int = 512
+    block_hashes: Sequence[int] | None = None
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What happened to one request; times are virtual seconds from the start of the run."""
+
+    index: int  # position in the arrival stream
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    replica: int | None = None
+    first_token_s: float | None = None
+    finish_s: float | None = None
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    preemptions: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class FleetTotals:
+    requests: int
+    completed: int
+    failed: int
+    prompt_tokens: int  # of completed requests
+    cached_tokens: int
+    makespan_s: float  # virtual time from 0 to the last finish
+    busy_s: float  # summed step time of every replica
+    replica_s: float  # summed lifetime of every replica (from scale-up to removal or the end)
+    preemptions: int
+    steps: int
+    peak_replicas: int
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def gpu_busy(self) -> float:
+        """Share of replica time spent in steps: replicas x makespan for a fixed fleet."""
+        return self.busy_s / self.replica_s if self.replica_s > 0 else 0.0
+
+
+@dataclass
+class FleetResult:
+    records: list[RequestRecord]
+    totals: FleetTotals
+
+
+class Autoscaler(Protocol):
+    def desired_replicas(self, now_s: float, replicas: Sequence[ReplicaView]) -> int:
+        """How many replicas the fleet should have; `replicas` are the ready and starting ones."""
+        ...
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Fleet shape and the virtual-time knobs of scaling."""
+
+    replicas: int = 1
+    core: CoreConfig = field(default_factory=CoreConfig)
+    autoscale_interval_s: float = 30.0
+    startup_s: float = 60.0  # from scale-up to ready: weights load, CUDA graphs, warm-up
+    max_replicas: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"a fleet needs at least one replica, got {self.replicas}")
+        if self.autoscale_interval_s <= 0 or self.startup_s < 0:
+            raise ValueError("autoscale_interval_s must be positive and startup_s not negative")
+
+
+class Replica:
+    """One replica: its engine core plus what the fleet knows of it; routers see it as a `ReplicaView`."""
+
+    __slots__ = (
+        "busy",
+        "core",
+        "draining",
+        "finishing",
+        "index",
+        "outstanding",
+        "ready",
+        "removed_s",
+        "started_s",
+    )
+
+    def __init__(self, index: int, core: EngineCore, started_s: float, *, ready: bool) -> None:
+        self.index = index
+        self.core = core
+        self.started_s = started_s
+        self.ready = ready
+        self.draining = False
+        self.removed_s: float | None = None
+        self.busy = False  # a step is in flight
+        self.outstanding = 0
+        self.finishing: list[SimRequest] = []  # requests the step in flight finishes
+
+    @property
+    def running(self) -> int:
+        return self.core.num_running
+
+    @property
+    def waiting(self) -> int:
+        return self.core.num_waiting
+
+    @property
+    def kv_usage(self) -> float:
+        return self.core.kv.usage
+
+    def cached_prefix_tokens(self, block_hashes: Sequence[int]) -> int:
+        kv = self.core.kv
+        return len(kv.lookup(block_hashes, len(block_hashes))) * kv.block_size
+
+
+class Fleet:
+    """Replicas of one model on one GPU type, a router and an optional autoscaler; one `run` each."""
+
+    def __init__(
+        self,
+        model: ModelArch,
+        gpu: GpuSpec,
+        config: FleetConfig,
+        router: Router,
+        autoscaler: Autoscaler | None = None,
+    ) -> None:
+        self.model, self.gpu, self.config = model, gpu, config
+        self.router, self.autoscaler = router, autoscaler
+        self.records: list[RequestRecord] = []
+        self._events: list[tuple[float, int, int, int]] = []  # (time_s, sequence, kind, replica index)
+        self._sequence = itertools.count()
+        self.replicas: list[Replica] = []
+        self._routable: list[Replica] = []
+        for _ in range(config.replicas):
+            self._add_replica(0.0, ready=True)
+        self.max_model_len = min(model.max_context, self.replicas[0].core.kv_capacity_tokens)
+        self._starts: list[Replica] = []  # replicas to start a step once this instant is applied
+        self._next: Arrival | None = None
+        self._end_s = 0.0
+
+    def run(self, arrivals: Iterable[Arrival]) -> FleetResult:
+        """Replay `arrivals` (sorted by `arrival_s`) until every request has finished or failed."""
+        if self.records:
+            raise RuntimeError("a Fleet runs once; build a new one for another run")
+        source = iter(arrivals)
+        self._next = next(source, None)
+        if self.autoscaler is not None:
+            self._push(self.config.autoscale_interval_s, _TICK, -1)
+        while True:
+            now = min(self._events[0][0] if self._events else math.inf, self._next_arrival_s())
+            if now == math.inf:
+                break
+            self._apply_events(now)
+            self._take_arrivals(now, source)
+            self._start_steps(now)
+        return FleetResult(self.records, self._totals())
+
+    # --- the clock ---------------------------------------------------------------------------------
+
+    def _next_arrival_s(self) -> float:
+        return self._next.arrival_s if self._next is not None else math.inf
+
+    def _push(self, time_s: float, kind: int, index: int) -> None:
+        heapq.heappush(self._events, (time_s, next(self._sequence), kind, index))
+
+    def _apply_events(self, now: float) -> None:
+        events = self._events
+        while events and events[0][0] <= now:
+            _, _, kind, index = heapq.heappop(events)
+            if kind == _STEP_DONE:
+                self._step_done(self.replicas[index], now)
+            elif kind == _READY:
+                self._became_ready(self.replicas[index])
+            else:
+                self._tick(now)
+
+    def _take_arrivals(self, now: float, source: Iterator[Arrival]) -> None:
+        while self._next is not None and self._next.arrival_s <= now:
+            arrival = self._next
+            self._next = next(source, None)
+            if self._next is not None and self._next.arrival_s < arrival.arrival_s:
+                raise ValueError(
+                    f"arrivals must be sorted by arrival_s: {self._next.arrival_s} after {arrival.arrival_s}"
+                )
+            self._admit(arrival, now)
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def _admit(self, arrival: Arrival, now: float) -> None:
+        record = RequestRecord(len(self.records), arrival.arrival_s, arrival.prompt_len, arrival.output_len)
+        self.records.append(record)
+        self._end_s = max(self._end_s, now)
+        record.error = self._refusal(arrival)
+        if record.error is not None:
+            return
+        hashes = arrival.block_hashes
+        if hashes is None:
+            block_size = self.config.core.block_size
+            hashes = segment_hashes(
+                arrival.segment_ids, arrival.prompt_len, arrival.segment_tokens, block_size
+            )
+        request = SimRequest(
+            str(record.index), arrival.prompt_len, arrival.output_len, hashes, arrival_s=now, owner=record
+        )
+        replica = self._routable[self.router.choose(request, self._routable)]
+        record.replica = replica.index
+        replica.outstanding += 1
+        replica.core.add(request)
+        if not replica.busy:
+            self._starts.append(replica)
+
+    def _refusal(self, arrival: Arrival) -> str | None:
+        """Why the request cannot be served at all (vLLM answers 400), or None."""
+        prompt, output = arrival.prompt_len, arrival.output_len
+        if prompt < 1 or output < 1:
+            return "prompt and output need at least one token"
+        if prompt + output > self.max_model_len:
+            return (
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {prompt + output} tokens ({prompt} in the messages, {output} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+        if not self._routable:
+            return "no replica is ready"
+        return None
+
+    def _finish(self, request: SimRequest, replica: Replica, now: float) -> None:
+        record: RequestRecord = request.owner
+        record.first_token_s = request.first_token_s
+        record.finish_s = now
+        record.cached_tokens = request.cached_tokens
+        record.preemptions = request.num_preemptions
+        replica.outstanding -= 1
+        self._end_s = max(self._end_s, now)
+
+    # --- steps -------------------------------------------------------------------------------------
+
+    def _start_steps(self, now: float) -> None:
+        starts, self._starts = self._starts, []
+        for replica in starts:
+            if not replica.busy and replica.removed_s is None and replica.core.has_work:
+                self._start(replica, now)
+
+    def _start(self, replica: Replica, now: float) -> None:
+        core = replica.core
+        result: StepResult | None = core.decode_run(now, self._next_arrival_s())
+        if result is None:
+            result = core.step(now)
+            if result.duration_s <= 0:
+                raise RuntimeError(f"replica {replica.index} has work but scheduled nothing at {now} s")
+        replica.busy = True
+        replica.finishing = result.finished
+        self._push(now + result.duration_s, _STEP_DONE, replica.index)
+
+    def _step_done(self, replica: Replica, now: float) -> None:
+        replica.busy = False
+        for request in replica.finishing:
+            self._finish(request, replica, now)
+        replica.finishing = []
+        if replica.core.has_work:
+            self._starts.append(replica)
+        elif replica.draining:
+            replica.removed_s = now
+
+    # --- scaling -----------------------------------------------------------------------------------
+
+    def _add_replica(self, now: float, *, ready: bool) -> Replica:
+        core = EngineCore(self.model, self.gpu, self.config.core)
+        replica = Replica(len(self.replicas), core, now, ready=ready)
+        self.replicas.append(replica)
+        if ready:
+            self._routable.append(replica)
+        else:
+            self._push(now + self.config.startup_s, _READY, replica.index)
+        return replica
+
+    def _became_ready(self, replica: Replica) -> None:
+        if replica.removed_s is None:
+            replica.ready = True
+            self._routable.append(replica)
+
+    def _active(self) -> list[Replica]:
+        """Replicas that count towards the desired number: ready or starting, not draining."""
+        return [r for r in self.replicas if r.removed_s is None and not r.draining]
+
+    def _tick(self, now: float) -> None:
+        assert self.autoscaler is not None
+        active = self._active()
+        desired = self.autoscaler.desired_replicas(now, active)
+        desired = max(1, min(self.config.max_replicas, desired))  # scale-to-zero needs a request queue
+        for _ in range(desired - len(active)):
+            self._add_replica(now, ready=self.config.startup_s == 0)
+        for replica in reversed(active[desired:]):  # the newest go first
+            self._drain(replica, now)
+        if self._next is not None or any(r.busy or r.core.has_work for r in self.replicas):
+            self._push(now + self.config.autoscale_interval_s, _TICK, -1)
+
+    def _drain(self, replica: Replica, now: float) -> None:
+        """Stop routing to `replica`; it leaves once its queue is empty."""
+        replica.draining = True
+        if replica in self._routable:
+            self._routable.remove(replica)
+        if not replica.busy and not replica.core.has_work:
+            replica.removed_s = now
+
+    # --- results -----------------------------------------------------------------------------------
+
+    def _totals(self) -> FleetTotals:
+        records, end = self.records, self._end_s
+        done = [r for r in records if r.ok]
+        cores = [replica.core for replica in self.replicas]
+        return FleetTotals(
+            requests=len(records),
+            completed=len(done),
+            failed=len(records) - len(done),
+            prompt_tokens=sum(r.prompt_tokens for r in done),
+            cached_tokens=sum(r.cached_tokens for r in done),
+            makespan_s=end,
+            busy_s=sum(core.busy_s for core in cores),
+            replica_s=sum(_lifetime(replica, end) for replica in self.replicas),
+            preemptions=sum(core.scheduler.preemptions for core in cores),
+            steps=sum(core.steps for core in cores),
+            peak_replicas=_peak(self.replicas),
+        )
+
+
+def _lifetime(replica: Replica, end_s: float) -> float:
+    removed = end_s if replica.removed_s is None else replica.removed_s
+    return max(0.0, min(removed, end_s) - replica.started_s)
+
+
+def _peak(replicas: Sequence[Replica]) -> int:
+    """Most replicas alive at once (starting ones included: they hold their GPUs)."""
+    starts = [(r.started_s, 1) for r in replicas]
+    changes = sorted(starts + [(r.removed_s, -1) for r in replicas if r.removed_s is not None])
+    return max(itertools.accumulate(delta for _, delta in changes))
+
+
+def simulate(
+    arrivals: Iterable[Arrival],
+    model: ModelArch,
+    gpu: GpuSpec,
+    config: FleetConfig,
+    router: Router,
+    autoscaler: Autoscaler | None = None,
+) -> FleetResult:
+    """Build a fleet, replay `arrivals` through it and return what happened."""
+    return Fleet(model, gpu, config, router, autoscaler).run(arrivals)

@@ -1,0 +1,147 @@
+"""The fleet simulator: replicas on one virtual clock, routers and the autoscaler hook."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+
+from computenet.engines.sim.catalog import load_catalog
+from computenet.engines.sim.core import CoreConfig, _decode_span, _decode_span_stepwise
+from computenet.engines.sim.fleet import Arrival, FleetConfig, FleetResult, simulate
+from computenet.engines.sim.perf import PerfModel
+from computenet.engines.sim.routers import ROUTERS, ReplicaView, Router, make_router
+
+CATALOG = load_catalog()
+MODEL, GPU = CATALOG.model("llama-3.1-8b"), CATALOG.gpu("H100")
+
+
+def run(
+    arrivals: Sequence[Arrival], router: str | Router = "round_robin", *, replicas: int = 4
+) -> FleetResult:
+    chosen = make_router(router, seed=7) if isinstance(router, str) else router
+    return simulate(arrivals, MODEL, GPU, FleetConfig(replicas=replicas), chosen)
+
+
+def steady(count: int, gap_s: float, *, prompt: int = 600, output: int = 40) -> list[Arrival]:
+    return [Arrival(i * gap_s, prompt, output, (1000 + i,)) for i in range(count)]
+
+
+def shared_prefixes(groups: int, count: int) -> list[Arrival]:
+    """`count` requests over `groups` conversations in seeded random order: a 1536-token shared prefix,
+    then a private tail."""
+    order = random.Random(1)
+    return [
+        Arrival(i * 0.5, 1536 + 512, 8, (group * 10, group * 10 + 1, group * 10 + 2, 100_000 + i))
+        for i, group in ((i, order.randrange(groups)) for i in range(count))
+    ]
+
+
+def per_replica(result: FleetResult) -> Counter[int | None]:
+    return Counter(record.replica for record in result.records)
+
+
+@pytest.mark.parametrize("router", sorted(ROUTERS))
+def test_every_request_is_accounted_for_and_timed(router: str) -> None:
+    arrivals = [*steady(30, 0.05), Arrival(2.0, 200_000, 10)]  # the last cannot fit any replica
+    result = run(arrivals, router)
+    totals = result.totals
+    assert totals.requests == 31 and totals.completed == 30 and totals.failed == 1
+    for record in result.records[:30]:
+        assert record.ok and record.replica is not None
+        assert record.arrival_s < record.first_token_s <= record.finish_s <= totals.makespan_s  # type: ignore[operator]
+    assert 0 < totals.gpu_busy <= 1 and 0 <= totals.prefix_hit_rate <= 1
+
+
+def test_a_too_long_request_fails_like_vllm() -> None:
+    record = run([Arrival(0.0, 131_000, 500)]).records[0]
+    assert not record.ok and record.replica is None
+    assert record.error is not None and "maximum context length is" in record.error
+
+
+def test_the_same_seed_gives_the_same_result() -> None:
+    arrivals = shared_prefixes(5, 60)
+    first, second = run(arrivals, "random"), run(arrivals, "random")
+    assert first.records == second.records and first.totals == second.totals
+
+
+def test_round_robin_spreads_evenly() -> None:
+    assert set(per_replica(run(steady(40, 0.2), "round_robin")).values()) == {10}
+
+
+def test_least_outstanding_balances_a_burst() -> None:
+    burst = [Arrival(0.0, 300, 500, (i,)) for i in range(22)]  # all still running when the last arrives
+    assert sorted(per_replica(run(burst, "least_outstanding")).values()) == [5, 5, 6, 6]
+
+
+def test_prefix_routes_a_repeated_prefix_where_it_is_cached() -> None:
+    first, again = Arrival(0.0, 2048, 8, (1, 2, 3, 4)), Arrival(5.0, 2048, 8, (1, 2, 3, 5))
+    warmups = [Arrival(1.0 + i, 600, 8, (50 + i,)) for i in range(3)]  # others cache other prompts
+    result = run([first, *warmups, again], "prefix")
+    assert result.records[-1].replica == result.records[0].replica
+    assert result.records[-1].cached_tokens == 1536
+
+
+def test_prefix_aware_routers_hit_more_than_random() -> None:
+    arrivals = shared_prefixes(12, 120)
+    rates = {name: run(arrivals, name).totals.prefix_hit_rate for name in ROUTERS}
+    blind = max(rates["random"], rates["round_robin"], rates["least_outstanding"])
+    assert rates["prefix"] > blind + 0.1 and rates["prefix_load"] > blind + 0.1
+
+
+def test_arrivals_together_are_batched_together() -> None:
+    result = run([Arrival(0.0, 100, 20, (i,)) for i in range(8)], replicas=1)
+    assert len({record.first_token_s for record in result.records}) == 1
+
+
+def test_unsorted_arrivals_are_refused() -> None:
+    with pytest.raises(ValueError, match="sorted"):
+        run([Arrival(1.0, 100, 2), Arrival(0.5, 100, 2)])
+
+
+class StepScaler:
+    """Three replicas from t=10 s, one again from t=40 s."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, int]] = []
+
+    def desired_replicas(self, now_s: float, replicas: Sequence[ReplicaView]) -> int:
+        self.calls.append((now_s, len(replicas)))
+        return 3 if 10 <= now_s < 40 else 1
+
+
+def test_the_autoscaler_adds_replicas_after_startup_and_drains_them() -> None:
+    scaler = StepScaler()
+    config = FleetConfig(replicas=1, core=CoreConfig(), autoscale_interval_s=10.0, startup_s=5.0)
+    arrivals = steady(140, 0.5, output=20)
+    result = simulate(arrivals, MODEL, GPU, config, make_router("round_robin"), scaler)
+    by_time = {(r.arrival_s, r.replica) for r in result.records}
+    assert {replica for arrival_s, replica in by_time if arrival_s < 15} == {0}
+    assert {replica for arrival_s, replica in by_time if 15 <= arrival_s < 40} == {0, 1, 2}
+    assert {replica for arrival_s, replica in by_time if arrival_s >= 41} == {0}
+    assert (10.0, 1) in scaler.calls and (40.0, 3) in scaler.calls and (50.0, 1) in scaler.calls
+    assert result.totals.peak_replicas == 3 and result.totals.completed == 140
+    # the added replicas held their GPUs from t=10 until drained shortly after t=40
+    added_s = result.totals.replica_s - result.totals.makespan_s
+    assert 2 * 30 <= added_s < 2 * 32
+
+
+def test_unknown_router_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="known: least_kv"):
+        make_router("fastest")
+
+
+@pytest.mark.parametrize("window_s", [0.0, 0.004, 0.05, 0.33, 1.7, math.inf])
+@pytest.mark.parametrize(("batch", "context"), [(1, 800), (7, 7 * 3000), (64, 64 * 12_000)])
+def test_decode_runs_cut_at_an_arrival_match_the_stepwise_sum(
+    batch: int, context: int, window_s: float
+) -> None:
+    """The fleet leans on the closed form that `EngineCore.decode_run` uses between arrivals."""
+    perf = PerfModel(MODEL, GPU)
+    for steps in (2, 3, 50, 400):
+        closed = _decode_span(perf, batch, context, steps, 10.0, 10.0 + window_s)
+        stepwise = _decode_span_stepwise(perf, batch, context, steps, 10.0, 10.0 + window_s)
+        assert closed[0] == stepwise[0] and closed[1] == pytest.approx(stepwise[1], rel=1e-12)
