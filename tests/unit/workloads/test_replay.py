@@ -157,3 +157,17 @@ async def test_broken_and_hanging_streams_fail() -> None:
     assert (errored.ok, errored.error) == (False, "error in stream: engine died")
     assert (hung.ok, hung.error) == (False, "timed out after 0.3 s")
     assert hung.ttft_s is not None and hung.e2e_s is None
+
+
+async def test_shared_hash_ids_become_prefix_cache_hits_on_the_sim() -> None:
+    """Trace prefix sharing survives the trip through text: the sim reports the shared blocks as cached."""
+    rows = [
+        TraceRequest(0.0, 1024, 2, hash_ids=(7, 8)),
+        TraceRequest(0.5, 1100, 2, hash_ids=(7, 8, 9)),
+        TraceRequest(1.0, 600, 2, hash_ids=(10, 11)),
+    ]
+    config = SimConfig(model="m", max_model_len=4096, time_scale=50.0)
+    async with serve(create_app(config)) as url:
+        results = await replay(rows, target=url, model="m")
+    assert [r.ok for r in results] == [True, True, True]
+    assert [r.cached_tokens or 0 for r in results] == [0, 1024, 0]
