@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from computenet.workloads import (
     LengthDist,
@@ -26,20 +25,14 @@ from computenet.workloads import (
     cached_hit_rate,
     discover_model,
     gamma,
-    read_trace,
     render_table,
     replay,
-    select,
     summarize,
     write_mooncake,
 )
 from computenet.workloads.replay import DEFAULT_TIMEOUT_S
 
-_Number = TypeVar("_Number", int, float)
-
-
-class _BadInput(Exception):
-    """A flag or file the user must fix; exit 2."""
+from .traceargs import BadInput, add_trace_arguments, duration_s, error, parse_number, selected_requests
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -51,17 +44,12 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_replay(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trace", required=True, metavar="FILE", help="Mooncake .jsonl or Azure .csv trace")
+    add_trace_arguments(parser)
     parser.add_argument(
         "--target", required=True, metavar="URL", help="server base URL, e.g. http://host:8000"
     )
     parser.add_argument("--model", help="model to request (default: the first of GET /v1/models)")
     parser.add_argument("--api", choices=["completions", "chat"], default="completions")
-    parser.add_argument("--speedup", default="1", metavar="X", help="divide arrival times by X")
-    parser.add_argument("--limit", metavar="N", help="replay only the first N requests")
-    parser.add_argument(
-        "--duration", metavar="S", help="replay only requests arriving in the first S seconds"
-    )
     parser.add_argument("--timeout", default=str(DEFAULT_TIMEOUT_S), metavar="S", help="per request, seconds")
     parser.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
     parser.add_argument(
@@ -100,26 +88,16 @@ def _add_synth(parser: argparse.ArgumentParser) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     try:
-        duration_s = None if args.duration is None else _parse("--duration", args.duration, float)
-        requests = _selected(args, duration_s)
-        timeout_s = _parse("--timeout", args.timeout, float)
-    except (_BadInput, TraceError) as exc:
-        return _error(str(exc), 2)
+        requests = selected_requests(args)
+        timeout_s = parse_number("--timeout", args.timeout, float)
+    except (BadInput, TraceError) as exc:
+        return error(str(exc), 2)
     try:
-        summary = asyncio.run(_replay(args, requests, timeout_s, duration_s))
+        summary = asyncio.run(_replay(args, requests, timeout_s, duration_s(args)))
     except ReplayError as exc:
-        return _error(str(exc), 1)
+        return error(str(exc), 1)
     print(json.dumps(summary, indent=2) if args.json else render_table(summary))
     return 0
-
-
-def _selected(args: argparse.Namespace, duration_s: float | None) -> list[TraceRequest]:
-    speedup = _parse("--speedup", args.speedup, float)
-    limit = None if args.limit is None else _parse("--limit", args.limit, int)
-    requests = select(read_trace(args.trace), limit=limit, duration_s=duration_s, speedup=speedup)
-    if not requests:
-        raise _BadInput(f"{args.trace}: no requests arrive within --duration {args.duration}")
-    return requests
 
 
 async def _replay(
@@ -158,28 +136,28 @@ def run_synth(args: argparse.Namespace) -> int:
     try:
         requests = _synthetic(args)
         write_mooncake(requests, args.output)
-    except (_BadInput, ValueError) as exc:
-        return _error(str(exc), 2)
+    except (BadInput, ValueError) as exc:
+        return error(str(exc), 2)
     except OSError as exc:
-        return _error(f"cannot write {args.output}: {exc.strerror or exc}", 2)
+        return error(f"cannot write {args.output}: {exc.strerror or exc}", 2)
     span_s = requests[-1].arrival_s if requests else 0.0
     print(f"wrote {len(requests)} requests over {span_s:.1f} s to {args.output}")
     return 0
 
 
 def _synthetic(args: argparse.Namespace) -> list[TraceRequest]:
-    length_cv = _parse("--length-cv", args.length_cv, float, allow_zero=True)
-    input_tokens = _length(_parse("--input-tokens", args.input_tokens, int), length_cv)
-    output_tokens = _length(_parse("--output-tokens", args.output_tokens, int), length_cv)
+    length_cv = parse_number("--length-cv", args.length_cv, float, allow_zero=True)
+    input_tokens = _length(parse_number("--input-tokens", args.input_tokens, int), length_cv)
+    output_tokens = _length(parse_number("--output-tokens", args.output_tokens, int), length_cv)
     return gamma(
-        _parse("--rate", args.rate, float),
-        _parse("--cv", args.cv, float) if args.arrival == "gamma" else 1.0,
-        _parse("--count", args.count, int),
+        parse_number("--rate", args.rate, float),
+        parse_number("--cv", args.cv, float) if args.arrival == "gamma" else 1.0,
+        parse_number("--count", args.count, int),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        seed=_parse("--seed", args.seed, int, allow_zero=True),
-        prefix_groups=_parse("--prefix-groups", args.prefix_groups, int, allow_zero=True),
-        shared_prefix_tokens=_parse(
+        seed=parse_number("--seed", args.seed, int, allow_zero=True),
+        prefix_groups=parse_number("--prefix-groups", args.prefix_groups, int, allow_zero=True),
+        shared_prefix_tokens=parse_number(
             "--shared-prefix-tokens", args.shared_prefix_tokens, int, allow_zero=True
         ),
     )
@@ -187,21 +165,3 @@ def _synthetic(args: argparse.Namespace) -> list[TraceRequest]:
 
 def _length(mean: int, cv: float) -> int | LengthDist:
     return mean if cv == 0 else LengthDist(mean, cv)
-
-
-def _parse(flag: str, text: str, cast: Callable[[str], _Number], *, allow_zero: bool = False) -> _Number:
-    """A finite number > 0 (>= 0 with `allow_zero`), or `_BadInput` naming the flag."""
-    noun = "a non-negative" if allow_zero else "a positive"
-    noun += " integer" if cast is int else " number"
-    try:
-        value = cast(text)
-    except ValueError:
-        raise _BadInput(f"{flag} must be {noun}, got {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise _BadInput(f"{flag} must be {noun}, got {text!r}")
-    return value
-
-
-def _error(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code

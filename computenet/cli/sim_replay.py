@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,20 +24,14 @@ from computenet.workloads import (
     TraceError,
     TraceRequest,
     active_span_s,
-    read_trace,
     render_table,
-    select,
     summarize,
 )
 
 from .sim_routing import make_router
+from .traceargs import BadInput, error, parse_number, selected_requests
 
-_Number = TypeVar("_Number", int, float)
 _T = TypeVar("_T")
-
-
-class _BadInput(Exception):
-    """A flag or file the user must fix; exit 2."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +45,8 @@ class _Plan:
 def run_replay(args: argparse.Namespace) -> int:
     try:
         plan = _plan(args)
-    except (_BadInput, TraceError, CatalogError) as exc:
-        return _error(str(exc), 2)
+    except (BadInput, TraceError, CatalogError) as exc:
+        return error(str(exc), 2)
     if not args.json:
         span_s = plan.requests[-1].arrival_s
         print(f"simulating {len(plan.requests)} requests over {span_s:.1f} s", file=sys.stderr)
@@ -68,49 +61,40 @@ def _plan(args: argparse.Namespace) -> _Plan:
     try:
         catalog = load_catalog(args.catalog)
     except CatalogError as exc:
-        raise _BadInput(f"--catalog: {exc}") from None
+        raise BadInput(f"--catalog: {exc}") from None
     gpu, model = _entry("--gpu", catalog.gpu, args.gpu), _entry("--model", catalog.model, args.model)
     core = _core_config(args)
+    seed = parse_number("--seed", args.seed, int, allow_zero=True)
     try:
-        router = make_router(args.router, model=args.model, seed=_parse("--seed", args.seed, int, zero=True))
+        router = make_router(args.router, model=args.model, seed=seed)
     except ValueError as exc:
-        raise _BadInput(str(exc)) from None
-    config = FleetConfig(replicas=_parse("--replicas", args.replicas, int), core=core)
+        raise BadInput(str(exc)) from None
+    config = FleetConfig(replicas=parse_number("--replicas", args.replicas, int), core=core)
     try:
         fleet = Fleet(model, gpu, config, router)
     except NotEnoughMemory as exc:
-        raise _BadInput(f"--gpu {args.gpu}: {exc}") from None
-    return _Plan(fleet, _requests(args))
+        raise BadInput(f"--gpu {args.gpu}: {exc}") from None
+    return _Plan(fleet, selected_requests(args))
 
 
 def _entry(flag: str, lookup: Callable[[str], _T], key: str) -> _T:
     try:
         return lookup(key)
     except CatalogError as exc:
-        raise _BadInput(f"{flag}: {exc}") from None
+        raise BadInput(f"{flag}: {exc}") from None
 
 
 def _core_config(args: argparse.Namespace) -> CoreConfig:
-    utilization = _parse("--gpu-memory-utilization", args.gpu_memory_utilization, float)
+    utilization = parse_number("--gpu-memory-utilization", args.gpu_memory_utilization, float)
     if utilization > 1:
-        raise _BadInput(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization!r}")
+        raise BadInput(f"--gpu-memory-utilization must be in (0, 1], got {args.gpu_memory_utilization!r}")
     return CoreConfig(
-        tp=_parse("--tp", args.tp, int),
+        tp=parse_number("--tp", args.tp, int),
         gpu_memory_utilization=utilization,
-        max_num_seqs=_parse("--max-num-seqs", args.max_num_seqs, int),
-        max_num_batched_tokens=_parse("--max-num-batched-tokens", args.max_num_batched_tokens, int),
+        max_num_seqs=parse_number("--max-num-seqs", args.max_num_seqs, int),
+        max_num_batched_tokens=parse_number("--max-num-batched-tokens", args.max_num_batched_tokens, int),
         enable_prefix_caching=not args.no_prefix_caching,
     )
-
-
-def _requests(args: argparse.Namespace) -> list[TraceRequest]:
-    speedup = _parse("--speedup", args.speedup, float)
-    limit = None if args.limit is None else _parse("--limit", args.limit, int)
-    duration_s = None if args.duration is None else _parse("--duration", args.duration, float)
-    requests = select(read_trace(args.trace), limit=limit, duration_s=duration_s, speedup=speedup)
-    if not requests:
-        raise _BadInput(f"{args.trace}: no requests to replay (check --limit and --duration)")
-    return requests
 
 
 def _arrivals(requests: Sequence[TraceRequest]) -> Iterator[Arrival]:
@@ -173,20 +157,3 @@ def _result(record: RequestRecord) -> RequestResult:
         sent_s=record.arrival_s,
         cached_tokens=record.cached_tokens,
     )
-
-
-def _parse(flag: str, text: str, cast: Callable[[str], _Number], *, zero: bool = False) -> _Number:
-    """A finite number > 0 (>= 0 with `zero`), or `_BadInput` naming the flag."""
-    noun = ("a non-negative" if zero else "a positive") + (" integer" if cast is int else " number")
-    try:
-        value = cast(text)
-    except ValueError:
-        raise _BadInput(f"{flag} must be {noun}, got {text!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-        raise _BadInput(f"{flag} must be {noun}, got {text!r}")
-    return value
-
-
-def _error(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code

@@ -12,6 +12,8 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from .traceargs import add_trace_arguments
+
 DEFAULT_ROUTER = "least_outstanding"  # the gateway's DEFAULT_POLICY (importing it would load the gateway)
 
 
@@ -23,18 +25,13 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _add_replay(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trace", required=True, metavar="FILE", help="Mooncake .jsonl or Azure .csv trace")
+    add_trace_arguments(parser)
     parser.add_argument("--replicas", default="1", metavar="N", help="engine replicas (default 1)")
     parser.add_argument("--gpu", default="H100", help="GPU type from the catalogue (default H100)")
     parser.add_argument("--model", default="llama-3.1-8b", help="model architecture (default llama-3.1-8b)")
     parser.add_argument("--tp", default="1", metavar="N", help="tensor-parallel GPUs per replica")
     parser.add_argument(
         "--router", default=DEFAULT_ROUTER, help=f"routing policy (default {DEFAULT_ROUTER}, the gateway's)"
-    )
-    parser.add_argument("--speedup", default="1", metavar="X", help="divide arrival times by X")
-    parser.add_argument("--limit", metavar="N", help="replay only the first N requests")
-    parser.add_argument(
-        "--duration", metavar="S", help="replay only requests arriving in the first S seconds"
     )
     parser.add_argument(
         "--catalog",

@@ -143,7 +143,7 @@ def _detect_format(path: Path) -> str:
         return "azure"
     raise TraceError(
         f"{path}: cannot tell the trace format; use a .jsonl (mooncake) or .csv (azure) file, "
-        "or pass the format explicitly"
+        "or name the format (--trace-format mooncake|azure)"
     )
 
 
