@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol
 
 BLOCK_SIZE = 16  # vLLM's default on CUDA
@@ -140,7 +141,7 @@ class KVCache:
         if not self.prefix_caching:
             return []
         cached, hits = self._cached, []
-        for block_hash in block_hashes[:max_blocks]:
+        for block_hash in islice(block_hashes, max_blocks):  # no slice copy: routers ask on every arrival
             block = cached.get(block_hash)
             if block is None:
                 break
