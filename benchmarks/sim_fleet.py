@@ -18,13 +18,14 @@ import argparse
 import json
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from computenet.cli.sim_replay import arrivals
 from computenet.cli.sim_routing import make_router
 from computenet.engines.sim.catalog import load_catalog
-from computenet.engines.sim.fleet import Arrival, FleetConfig, simulate
+from computenet.engines.sim.fleet import FleetConfig, simulate
 from computenet.workloads import TraceRequest, percentile, read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +33,6 @@ HEADER = (
     "| router | replicas | requests | virtual s | wall s | speed-up | prefix hit rate | GPU busy "
     "| TTFT p50 ms | TTFT p99 ms | preemptions |\n|---|---|---|---|---|---|---|---|---|---|---|"
 )
-
-
-def arrivals(requests: Sequence[TraceRequest]) -> Iterator[Arrival]:
-    for r in requests:
-        yield Arrival(r.arrival_s, r.input_tokens, r.output_tokens, r.hash_ids, r.hash_block_tokens)
 
 
 def replay(requests: Sequence[TraceRequest], router: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def run_replay(args: argparse.Namespace) -> int:
         span_s = plan.requests[-1].arrival_s
         print(f"simulating {len(plan.requests)} requests over {span_s:.1f} s", file=sys.stderr)
     start = time.perf_counter()
-    result = plan.fleet.run(_arrivals(plan.requests))
+    result = plan.fleet.run(arrivals(plan.requests))
     summary = _summary(result, time.perf_counter() - start, args, plan.fleet.config)
     print(json.dumps(summary, indent=2) if args.json else render_table(summary))
     return 0
@@ -97,7 +97,7 @@ def _core_config(args: argparse.Namespace) -> CoreConfig:
     )
 
 
-def _arrivals(requests: Sequence[TraceRequest]) -> Iterator[Arrival]:
+def arrivals(requests: Sequence[TraceRequest]) -> Iterator[Arrival]:
     """Arrivals one at a time; the fleet expands each one's hash ids into block hashes when it arrives."""
     for request in requests:
         yield Arrival(
