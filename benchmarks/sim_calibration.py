@@ -61,11 +61,7 @@ class Anchor:
 def drain(engine: EngineCore, requests: list[SimRequest]) -> float:
     for request in requests:
         engine.add(request)
-    now = 0.0
-    while engine.has_work:
-        result = engine.decode_run(now, float("inf")) or engine.step(now)
-        now += result.duration_s
-    return now
+    return engine.run_until_idle()
 
 
 def random_prompt(rng: random.Random, length: int) -> list[int]:

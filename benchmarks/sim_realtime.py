@@ -118,9 +118,7 @@ def model_latencies_s(prompts: list[list[int]], output_tokens: int, time_scale: 
     ]
     for request in requests:
         core.add(request)
-    now = 0.0
-    while core.has_work:
-        now += core.step(now).duration_s
+    core.run_until_idle(coalesce=False)
     tpots = [(r.finish_s or 0.0) - (r.first_token_s or 0.0) for r in requests]
     ttfts = [r.first_token_s or 0.0 for r in requests]
     return statistics.fmean(tpots) / (output_tokens - 1) / time_scale, statistics.median(ttfts) / time_scale

@@ -113,6 +113,17 @@ class EngineCore:
         self.steps += 1
         return StepResult(duration, sampled, finished, len(plan.preempted))
 
+    def run_until_idle(self, now_s: float = 0.0, *, coalesce: bool = True) -> float:
+        """Step on a virtual clock until every request has finished; returns the clock then.
+
+        With `coalesce`, steady decode stretches go through `decode_run` (same result, fewer
+        calls). For benchmarks and tests that need no arrivals after the start.
+        """
+        while self.has_work:
+            result = self.decode_run(now_s, math.inf) if coalesce else None
+            now_s += (result or self.step(now_s)).duration_s
+        return now_s
+
     def decode_run(self, now_s: float, until_s: float) -> StepResult | None:
         """Several pure-decode steps at once, stopping at a finish, block shortage or `until_s`.
 

@@ -22,13 +22,7 @@ def run(engine: EngineCore, requests: Sequence[SimRequest], *, fast: bool = Fals
     """Submit every request at t=0 and step until all finish; returns the makespan."""
     for request in requests:
         engine.add(request)
-    now = 0.0
-    while engine.has_work:
-        result = engine.decode_run(now, float("inf")) if fast else None
-        if result is None:
-            result = engine.step(now)
-        now += result.duration_s
-    return now
+    return engine.run_until_idle(coalesce=fast)
 
 
 def ttft(request: SimRequest) -> float:
