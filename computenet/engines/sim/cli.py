@@ -120,8 +120,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = parse_args(argv)
+    app = create_app(options.config)
+    try:
+        app.state.engine.bind_kv_events()
+    except ValueError as exc:
+        build_parser().error(str(exc))
     uvicorn.run(
-        create_app(options.config),
+        app,
         host=options.host,
         port=options.port,
         log_level="warning",

@@ -229,6 +229,14 @@ class SimEngine:
 
     async def start(self) -> None:
         """Server startup: bind the KV-event socket when configured."""
+        self.bind_kv_events()
+
+    def bind_kv_events(self) -> None:
+        """Bind the KV-event socket once; ValueError naming the flag if the endpoint is unusable.
+
+        The command line calls this before serving, so a bad address is a usage error, not a
+        failed lifespan with a traceback.
+        """
         if self.config.kv_events_endpoint is not None and self._publisher is None:
             from .kv_events import KVEventPublisher  # pyzmq and msgpack only when asked for
 

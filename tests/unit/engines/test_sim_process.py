@@ -90,3 +90,17 @@ async def test_unknown_gpu_exits_2_naming_the_known_ones() -> None:
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 2
     assert "unknown GPU 'Z80'; known: A100-40G" in stderr.decode()
+
+
+@pytest.mark.e2e
+async def test_unusable_kv_events_endpoint_exits_2_without_a_traceback() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *["-m", "computenet.engines.sim", "--model", MODEL, "--port", "0", "--kv-events-endpoint", "bogus"],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    assert "--kv-events-endpoint bogus: cannot bind" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
