@@ -8,6 +8,9 @@ from .loading import ManifestError, Problem, load_documents, load_file, load_tex
 from .meta import API_VERSION, Condition, ObjectMeta, Resource
 from .models import Model, ModelSpec
 from .pools import Pool, PoolSpec, PoolStatus
+from .providers import Price, Provider, ProviderModel, ProviderSpec, SecretRef
+from .routes import RateLimits, Route, RouteSpec, Target
+from .tenants import Budget, DeclaredKey, DeclaredKeySpec, Tenant, TenantSpec
 from .usage import UsageRecord, UsageSink
 
 __all__ = [
@@ -16,7 +19,10 @@ __all__ = [
     "PLURALS",
     "AnyResource",
     "ApiKey",
+    "Budget",
     "Condition",
+    "DeclaredKey",
+    "DeclaredKeySpec",
     "Deployment",
     "DeploymentSpec",
     "DeploymentStatus",
@@ -30,11 +36,22 @@ __all__ = [
     "Pool",
     "PoolSpec",
     "PoolStatus",
+    "Price",
     "Problem",
+    "Provider",
+    "ProviderModel",
+    "ProviderSpec",
+    "RateLimits",
     "Resource",
     "Resources",
     "Role",
     "RoleStatus",
+    "Route",
+    "RouteSpec",
+    "SecretRef",
+    "Target",
+    "Tenant",
+    "TenantSpec",
     "UsageRecord",
     "UsageSink",
     "hash_key",

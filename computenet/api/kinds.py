@@ -6,13 +6,32 @@ from .deployments import Deployment
 from .meta import Resource
 from .models import Model
 from .pools import Pool
+from .providers import Provider
+from .routes import Route
+from .tenants import DeclaredKey, Tenant
 
-AnyResource = Model | Deployment | Pool
+AnyResource = Model | Deployment | Pool | Provider | Route | Tenant | DeclaredKey
 
-KINDS: dict[str, type[Resource]] = {"Model": Model, "Deployment": Deployment, "Pool": Pool}
+KINDS: dict[str, type[Resource]] = {
+    "Model": Model,
+    "Deployment": Deployment,
+    "Pool": Pool,
+    "Provider": Provider,
+    "Route": Route,
+    "Tenant": Tenant,
+    "APIKey": DeclaredKey,
+}
 
 # Lower-case plural, as in URLs: /api/v1/deployments/NAME
-PLURALS: dict[str, str] = {"Model": "models", "Deployment": "deployments", "Pool": "pools"}
+PLURALS: dict[str, str] = {
+    "Model": "models",
+    "Deployment": "deployments",
+    "Pool": "pools",
+    "Provider": "providers",
+    "Route": "routes",
+    "Tenant": "tenants",
+    "APIKey": "apikeys",
+}
 
 _ALIASES: dict[str, str] = {
     "model": "Model",
@@ -23,6 +42,14 @@ _ALIASES: dict[str, str] = {
     "deploy": "Deployment",
     "pool": "Pool",
     "pools": "Pool",
+    "provider": "Provider",
+    "providers": "Provider",
+    "route": "Route",
+    "routes": "Route",
+    "tenant": "Tenant",
+    "tenants": "Tenant",
+    "apikey": "APIKey",
+    "apikeys": "APIKey",
 }
 
 
