@@ -3,6 +3,10 @@
 Where the server is, first match wins: `--server`, `$COMPUTENET_SERVER`, the
 `server.json` that `computenet up` writes into its state directory, then
 http://127.0.0.1:8080.
+
+Which key it sends as `Authorization: Bearer` (needed when the server runs with
+auth on): `$COMPUTENET_API_KEY`, else the `admin.key` that `computenet up --auth`
+writes into its state directory; none when neither is there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import httpx
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SERVER_FILE = "server.json"
+ADMIN_KEY_FILE = "admin.key"
+API_KEY_ENV = "COMPUTENET_API_KEY"
 
 
 class CliError(Exception):
@@ -36,10 +42,20 @@ def find_server(flag: str | None, env: str | None, state_dir: Path) -> str:
         return DEFAULT_SERVER
 
 
+def find_api_key(env: str | None, state_dir: Path) -> str | None:
+    if env and env.strip():
+        return env.strip()
+    try:
+        return (state_dir / ADMIN_KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 class ControlClient:
-    def __init__(self, server: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, server: str, timeout_s: float = 10.0, *, api_key: str | None = None) -> None:
         self.server = server
-        self._http = httpx.Client(base_url=server + "/api/v1", timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.Client(base_url=server + "/api/v1", timeout=timeout_s, headers=headers)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -56,12 +72,21 @@ class ControlClient:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
+    def close(self) -> None:
+        self._http.close()
+
 
 def _error_from(resp: httpx.Response) -> CliError:
     try:
         error = resp.json()["error"]
     except (ValueError, KeyError, TypeError):
         return CliError(f"error: the server answered HTTP {resp.status_code}: {resp.text[:500]}")
+    if resp.status_code in (401, 403):
+        return CliError(
+            f"error: {error.get('message')}\n"
+            f"hint: set ${API_KEY_ENV} to an admin key; `computenet up --auth` writes one to "
+            f"{ADMIN_KEY_FILE} in its state directory, which the CLI reads when the variable is unset"
+        )
     problems = error.get("problems")
     message = "\n".join(f"error: {p}" for p in problems) if problems else f"error: {error.get('message')}"
     return CliError(message, exit_code=2 if resp.status_code in (400, 422) else 1)

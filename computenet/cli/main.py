@@ -16,7 +16,8 @@ from pathlib import Path
 from computenet import __version__
 from computenet.api import PLURALS, ManifestError, kind_from_user, load_file, load_text
 
-from .client import CliError, ControlClient, find_server
+from . import keys, usage
+from .client import API_KEY_ENV, CliError, ControlClient, find_api_key, find_server
 from .output import render
 
 DEFAULT_STATE_DIR = Path("~/.computenet")
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--port", type=_port, default=8080, help="port of the gateway and control API")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    up.add_argument(
+        "--auth", action="store_true", help="require API keys (an admin key is made on first start)"
+    )
 
     apply = add("apply", help="create or update resources from a file ('-' for stdin)")
     apply.add_argument("-f", "--filename", required=True)
@@ -66,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("version", help="print client and server versions")
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
-    from . import bench, simulate
+    from . import bench, gateway, simulate
 
+    keys.add_commands(add, common)
+    usage.add_commands(add)
+    gateway.add_commands(add)
     bench.add_commands(add)
     simulate.add_commands(add)
     return parser
@@ -82,13 +89,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "up":
             from .up import run_up  # starts servers: import only when needed
 
-            sys.exit(run_up(args.filename, state_dir=state_dir, host=args.host, port=args.port))
+            where = {"state_dir": state_dir, "host": args.host, "port": args.port}
+            sys.exit(run_up(args.filename, **where, auth=args.auth))
         if hasattr(args, "run"):
             sys.exit(args.run(args))
         client = ControlClient(
-            find_server(getattr(args, "server", None), os.environ.get("COMPUTENET_SERVER"), state_dir)
+            find_server(getattr(args, "server", None), os.environ.get("COMPUTENET_SERVER"), state_dir),
+            api_key=find_api_key(os.environ.get(API_KEY_ENV), state_dir),
         )
-        COMMANDS[args.command](client, args)
+        try:
+            COMMANDS[args.command](client, args)
+        finally:
+            client.close()
     except ManifestError as exc:
         _fail(str(exc), 2, prefix="error: ")
     except CliError as exc:
@@ -171,6 +183,8 @@ COMMANDS = {
     "delete": cmd_delete,
     "logs": cmd_logs,
     "version": cmd_version,
+    "keys": keys.cmd_keys,
+    "usage": usage.cmd_usage,
 }
 
 

@@ -26,11 +26,13 @@ from starlette.routing import Mount
 
 from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, Pool, load_file
 from computenet.control import Reconciler, create_control_app
-from computenet.gateway import EndpointRegistry, Gateway, create_gateway_app
+from computenet.gateway import Gateway, GatewayApp
 from computenet.pools import LocalPool
 from computenet.store import NotFound, ResourceStore, SchemaTooNew, sqlite_url
 
+from .auth import auth_banner, ensure_admin_key, follow_keys
 from .client import SERVER_FILE
+from .embedded_gateway import embedded_gateway, follow_gateway_config
 
 log = logging.getLogger("computenet")
 
@@ -45,7 +47,7 @@ class _Server(uvicorn.Server):
         yield  # `up` installs its own handlers so that shutdown runs our cleanup first
 
 
-def run_up(manifest: Path, *, state_dir: Path, host: str, port: int) -> int:
+def run_up(manifest: Path, *, state_dir: Path, host: str, port: int, auth: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         resources = load_file(manifest)
@@ -73,21 +75,22 @@ def run_up(manifest: Path, *, state_dir: Path, host: str, port: int) -> int:
             )
             return 1
         try:
-            asyncio.run(_serve(resources, state_dir=state_dir, host=host, port=port))
+            asyncio.run(_serve(resources, state_dir=state_dir, host=host, port=port, auth=auth))
         except SchemaTooNew as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0
 
 
-async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, port: int) -> None:
+async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, port: int, auth: bool) -> None:
     store = await ResourceStore.open(sqlite_url(state_dir))
     pool = LocalPool(state_dir=state_dir, host="127.0.0.1")
-    gateway = Gateway(EndpointRegistry())
+    gateway = embedded_gateway(store, state_dir, auth=auth)
     reconciler = Reconciler(store, {pool.name: pool}, gateway.registry)
+    admin_key = await ensure_admin_key(store, state_dir) if auth else None
     server = _Server(
         uvicorn.Config(
-            _app(gateway, create_control_app(store, reconciler)),
+            _app(gateway, create_control_app(store, reconciler, auth_required=auth)),
             host=host,
             port=port,
             lifespan="off",
@@ -104,8 +107,11 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
         await _ensure_local_pool(store, pool.name)
         await store.apply_all(resources)
         await gateway.start()
+        tasks.append(asyncio.create_task(follow_keys(store, gateway.keys.replace), name="keys"))
+        tasks.append(asyncio.create_task(follow_gateway_config(store, gateway), name="gateway-config"))
         tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-        tasks.append(asyncio.create_task(_announce(server, url, state_dir, resources), name="banner"))
+        banner = auth_banner(auth, admin_key, state_dir)
+        tasks.append(asyncio.create_task(_announce(server, url, state_dir, resources, banner), name="banner"))
         tasks.append(asyncio.create_task(_report_ready(store, resources), name="ready"))
         await server.serve()
     finally:
@@ -120,8 +126,9 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
         log.info("stopped")
 
 
-def _app(gateway: Gateway, control: Starlette) -> Starlette:
-    return Starlette(routes=[Mount("/api", app=control), Mount("", app=create_gateway_app(gateway))])
+def _app(gateway: Gateway, control: Starlette) -> GatewayApp:
+    """The gateway answers its own paths; everything else (the control API under /api) falls through."""
+    return GatewayApp(gateway, fallback=Starlette(routes=[Mount("/api", app=control)]))
 
 
 def _request_exit(server: uvicorn.Server) -> None:
@@ -135,7 +142,9 @@ async def _ensure_local_pool(store: ResourceStore, name: str) -> None:
         await store.apply(Pool(metadata=ObjectMeta(name=name)))
 
 
-async def _announce(server: uvicorn.Server, url: str, state_dir: Path, resources: list[AnyResource]) -> None:
+async def _announce(
+    server: uvicorn.Server, url: str, state_dir: Path, resources: list[AnyResource], auth: str
+) -> None:
     while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.05)
     (state_dir / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
@@ -146,7 +155,8 @@ async def _announce(server: uvicorn.Server, url: str, state_dir: Path, resources
         f"  gateway (OpenAI API):  {url}/v1\n"
         f"  control API:           {url}/api/v1   (docs: {url}/api/docs)\n"
         f"  metrics:               {url}/metrics\n"
-        f"  state:                 {state_dir}\n\n"
+        f"  state:                 {state_dir}\n"
+        f"  {auth}\n\n"
         f"Try:\n"
         f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"model": "{example}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'\n'

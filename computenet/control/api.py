@@ -3,20 +3,30 @@
 Paths follow Kubernetes' shape under ``/api/v1`` (``/api/v1/deployments/NAME``), the
 OpenAPI document is served at ``/api/openapi.json`` and browsable at ``/api/docs``.
 Clients never write status: whatever `status` a body carries is ignored.
-Errors use the same OpenAI-style body as the gateway, ``{"error": {...}}``.
+Errors use the same OpenAI-style body as the gateway, ``{"error": {...}}``; an invalid
+field or query parameter is a 400 that names it. API keys and the admin scope that
+guards these routes when auth is on live in `auth`; usage totals are served here.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import TypeAdapter, ValidationError
 
 from computenet import __version__
 from computenet.api import KINDS, PLURALS, ManifestError, Problem, load_documents, parse_resource
 from computenet.pools import ReplicaState
-from computenet.store import Conflict, NotFound, ResourceStore
+from computenet.store import Conflict, NotFound, ResourceStore, UsageTotal
+
+from .auth import AuthError, InvalidField, add_key_routes, admin_guard, duration_s, iso_time
+
+_INSTANT = TypeAdapter(datetime)
 
 
 class ReplicaSource(Protocol):
@@ -25,22 +35,33 @@ class ReplicaSource(Protocol):
     async def logs(self, replica: str, *, tail_lines: int | None = None) -> str: ...
 
 
-def create_control_app(store: ResourceStore, replicas: ReplicaSource) -> FastAPI:
+def create_control_app(
+    store: ResourceStore, replicas: ReplicaSource, *, auth_required: bool = False
+) -> FastAPI:
+    """The control API; with `auth_required`, every route but /version and /healthz needs an admin key."""
     app = FastAPI(title="ComputeNet control API", version=__version__, docs_url="/docs")
-    router = APIRouter(prefix="/v1")
+    public = APIRouter(prefix="/v1")
+    guarded = [Depends(admin_guard(store.keys))] if auth_required else []
+    router = APIRouter(prefix="/v1", dependencies=guarded)
     for kind in KINDS:
         _add_kind_routes(router, store, kind)
     _add_apply_route(router, store)
     _add_replica_routes(router, replicas)
+    add_key_routes(router, store.keys)
+    _add_usage_route(router, store)
 
-    @router.get("/version", tags=["meta"])
+    @public.get("/version", tags=["meta"])
     async def version() -> dict[str, str]:
         return {"version": __version__}
 
+    app.include_router(public)
     app.include_router(router)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(ManifestError, _invalid)
+    app.add_exception_handler(InvalidField, _invalid_field)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(AuthError, _unauthorized)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -112,6 +133,58 @@ def _add_replica_routes(router: APIRouter, source: ReplicaSource) -> None:
         return await source.logs(name, tail_lines=tail_lines)
 
 
+def _add_usage_route(router: APIRouter, store: ResourceStore) -> None:
+    @router.get("/usage", tags=["usage"])
+    async def usage_totals(
+        tenant: str | None = None, since: str | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """Totals per tenant, public model and UTC day of requests started in [since, until).
+
+        `since` and `until`: an ISO 8601 date or time (UTC unless it names a zone), unix
+        seconds, or a duration back from now such as `7d` or `12h`.
+        """
+        now = time.time()
+        start = None if since is None else _instant("since", since, now)
+        end = None if until is None else _instant("until", until, now)
+        totals = await store.usage.totals(tenant=tenant, since=start, until=end)
+        return {
+            "kind": "UsageTotals",
+            "since": iso_time(start),
+            "until": iso_time(end),
+            "items": [_total_wire(t) for t in totals],
+        }
+
+
+def _instant(field: str, text: str, now: float) -> float:
+    ago = duration_s(text)
+    if ago is not None:
+        return now - ago
+    try:
+        at = _INSTANT.validate_python(text)
+    except ValidationError:
+        raise InvalidField(
+            field,
+            "must be a date (2026-11-01), a time (2026-11-01T12:00:00Z), unix seconds "
+            f"or a duration back from now (7d), got {text!r}",
+        ) from None
+    return at.replace(tzinfo=at.tzinfo or UTC).timestamp()
+
+
+def _total_wire(total: UsageTotal) -> dict[str, Any]:
+    return {
+        "tenant": total.tenant,
+        "model": total.model,
+        "day": total.day.isoformat(),
+        "requests": total.requests,
+        "errors": total.errors,
+        "promptTokens": total.prompt_tokens,
+        "cachedTokens": total.cached_tokens,
+        "completionTokens": total.completion_tokens,
+        "costUsd": total.cost_usd,
+        "meanLatencySeconds": total.mean_latency_s,
+    }
+
+
 def _replica_wire(state: ReplicaState) -> dict[str, Any]:
     return {
         "name": state.name,
@@ -160,3 +233,40 @@ async def _conflict(_request: Request, exc: Exception) -> JSONResponse:
 async def _invalid(_request: Request, exc: Exception) -> JSONResponse:
     problems = [str(p) for p in exc.problems] if isinstance(exc, ManifestError) else [str(exc)]
     return _error(400, str(exc), "invalid_request_error", "invalid_manifest", problems=problems)
+
+
+async def _invalid_field(_request: Request, exc: Exception) -> JSONResponse:
+    field = exc.field if isinstance(exc, InvalidField) else None
+    return _error(400, str(exc), "invalid_request_error", "invalid_value", param=field, problems=[str(exc)])
+
+
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's own validation (typed bodies and query parameters) as a 400 naming each field."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = [_explain(e) for e in errors] or ["invalid request"]
+    param = _field(errors[0]["loc"]) if errors else None
+    return _error(
+        400, "; ".join(problems), "invalid_request_error", "invalid_value", param=param, problems=problems
+    )
+
+
+def _explain(error: Any) -> str:
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    got = f", got {error['input']!r}" if error.get("type") != "missing" and "input" in error else ""
+    field = _field(error.get("loc", ()))
+    return f"{field}: {message}{got}" if field else f"{message}{got}"
+
+
+def _field(loc: Any) -> str:
+    """`("body", "limits", "requestsPerMinute")` -> `limits.requestsPerMinute`."""
+    parts = list(loc)[1:] if loc and loc[0] in ("body", "query", "path", "header") else list(loc)
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+
+
+async def _unauthorized(_request: Request, exc: Exception) -> JSONResponse:
+    status, code = (exc.status, exc.code) if isinstance(exc, AuthError) else (401, "invalid_api_key")
+    type_ = "authentication_error" if status == 401 else "permission_error"
+    response = _error(status, str(exc), type_, code)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response

@@ -1,7 +1,7 @@
-"""The data plane: OpenAI-compatible app, routing policies, retries, metrics."""
+"""The data plane: OpenAI-compatible gateway, routes and fallbacks, keys, limits, metering."""
 
-from .app import Gateway, create_gateway_app
-from .proxy import ProxySettings
+from .app import Gateway, GatewayApp
 from .registry import EndpointRegistry
+from .routes import ConfigError
 
-__all__ = ["EndpointRegistry", "Gateway", "ProxySettings", "create_gateway_app"]
+__all__ = ["ConfigError", "EndpointRegistry", "Gateway", "GatewayApp"]

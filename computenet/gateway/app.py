@@ -1,118 +1,334 @@
-"""The gateway's ASGI app: OpenAI-compatible paths in front of the registry's endpoints.
+"""The gateway: long-lived state (`Gateway`) and the ASGI callable that serves it (`GatewayApp`).
 
-`Gateway` owns what lives as long as the process (HTTP client session, policies,
-metrics); `create_gateway_app` wires it into Starlette routes. The request path is
-kept short: parse just enough JSON to read `model` and `stream`, look up the route,
-forward the original bytes.
+One request, in order: read the body (413 past the limit), parse what the gateway
+needs of it (400 naming the field), find the route (404), check the key (401/403),
+then the guards (rate limits, budget, priority queue; 429/503), forward with
+fallbacks, and finally meter: settle the guards with the real usage, count it in
+the metrics, and hand one usage record to the meter, which writes batches off the
+request path.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from typing import Any
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
 
-import aiohttp
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from .errors import bad_request, model_not_found, no_capacity
+from computenet.api import Provider, Route
+
+from .asgi import Receive, Scope, Send, json_error, send_json
+from .auth import AuthFailure, KeyBook
+from .forward import Exchange, Forwarder
+from .guards import Guards, Refusal
 from .metrics import GatewayMetrics
+from .openai import BadRequest, parse_request
 from .policies import POLICIES, RoutingPolicy
-from .proxy import Forwarder, ProxySettings
 from .registry import EndpointRegistry
+from .resilience import Breakers
+from .routes import RouteTable
+from .tracing import Tracer
+from .upstream import UpstreamPool
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+BODY_TIMEOUT_S = 30.0
+COMPLETION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
 class Gateway:
-    """Long-lived state of one gateway. `start` before serving, `close` after."""
+    """Long-lived state of one gateway process. `start` before serving, `close` after."""
 
-    def __init__(self, registry: EndpointRegistry, settings: ProxySettings | None = None) -> None:
-        self.registry = registry
-        self.settings = settings or ProxySettings()
+    def __init__(
+        self,
+        registry: EndpointRegistry | None = None,
+        *,
+        keys: KeyBook | None = None,
+        guards: Guards | None = None,
+        tracer: Tracer | None = None,
+        connect_timeout_s: float = 3.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_in_flight_per_endpoint: int | None = None,
+    ) -> None:
+        self.max_in_flight_per_endpoint = max_in_flight_per_endpoint
+        self.registry = registry or EndpointRegistry()
+        self.table = RouteTable(self.registry)
+        self.keys = keys or KeyBook()
+        self.guards = guards or Guards()
+        self.tracer = tracer or Tracer.disabled()
         self.metrics = GatewayMetrics()
-        self.policies: Mapping[str, RoutingPolicy] = {name: make() for name, make in POLICIES.items()}
-        self._session: aiohttp.ClientSession | None = None
-        self._forwarder: Forwarder | None = None
+        self.breakers = Breakers()
+        self.pool = UpstreamPool(connect_timeout_s=connect_timeout_s)
+        self.policies: dict[str, RoutingPolicy] = {name: make() for name, make in POLICIES.items()}
+        self.forwarder = Forwarder(self.pool, self.table, self.policies, self.breakers, self.metrics)
+        self.max_body_bytes = max_body_bytes
+        self.in_flight: dict[str, int] = {}
+        self.metrics.add_gauges(
+            "computenet_gateway_in_flight_requests",
+            "Requests being served, by model.",
+            "model",
+            lambda: self.in_flight,
+        )
+        self.metrics.add_gauges(
+            "computenet_gateway_breaker_state",
+            "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
+            "endpoint",
+            lambda: {k: float(v) for k, v in self.breakers.states().items()},
+        )
+        self.guards.register_metrics(self.metrics)
+
+    def configure(self, routes: Sequence[Route] = (), providers: Sequence[Provider] = ()) -> None:
+        self.table.configure(routes, providers)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        self._forwarder = Forwarder(self._session, self.policies, self.metrics, self.settings)
+        await self.guards.start()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def forwarder(self) -> Forwarder:
-        if self._forwarder is None:
-            raise RuntimeError("Gateway.start() was not awaited")
-        return self._forwarder
+        await self.guards.close()
+        await self.pool.close()
+        await asyncio.to_thread(self.tracer.shutdown)  # blocks while it sends the last spans
 
 
-def create_gateway_app(gateway: Gateway) -> Starlette:
-    async def chat_completions(request: Request) -> Response:
-        return await _proxy(gateway, request, "/v1/chat/completions")
+class GatewayApp:
+    """The ASGI callable. Paths it does not own go to `fallback` (the control API in `up`)."""
 
-    async def completions(request: Request) -> Response:
-        return await _proxy(gateway, request, "/v1/completions")
+    def __init__(self, gateway: Gateway, fallback: object | None = None) -> None:
+        self.gw = gateway
+        self.fallback = fallback
 
-    async def models(_request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path in COMPLETION_PATHS:
+            if method != "POST":
+                await _method_not_allowed(send, "POST")
+                return
+            await self._completion(scope, receive, send, path)
+        elif path == "/v1/models" and method == "GET":
+            await self._models(send)
+        elif path == "/metrics" and method == "GET":
+            body = generate_latest(self.gw.metrics.registry)
+            await send_json(send, 200, body, None, CONTENT_TYPE_LATEST.encode())
+        elif path in ("/health", "/healthz") and method == "GET":
+            await send_json(send, 200, b'{"status":"ok"}')
+        elif self.fallback is not None:
+            await self.fallback(scope, receive, send)  # type: ignore[operator]
+        else:
+            message = (
+                f"no route for {method} {path}; the gateway serves /v1/chat/completions, "
+                "/v1/completions, /v1/embeddings and /v1/models"
+            )
+            await send_json(send, 404, json_error(message, "invalid_request_error", "not_found"))
+
+    async def _completion(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        gw = self.gw
+        loop = asyncio.get_running_loop()
+        started, started_wall = loop.time(), time.time()
+        authorization = priority = traceparent = request_id = None
+        length = -1
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = int(value) if value.isdigit() else -1
+            elif name == b"x-computenet-priority":
+                priority = value
+            elif name == b"traceparent":
+                traceparent = value
+            elif name == b"x-request-id":
+                request_id = value
+        rid = request_id or os.urandom(8).hex().encode()
+        out_headers = [(b"x-request-id", rid)]
+        model = ""
+        try:
+            body = await _read_body(receive, length, gw.max_body_bytes)
+            parsed = parse_request(path, body)
+        except _TooLarge as exc:
+            await self._refuse(
+                send, out_headers, "", 413, "body_too_large", str(exc), "invalid_request_error"
+            )
+            return
+        except BadRequest as exc:
+            await self._refuse(
+                send, out_headers, "", 400, "bad_request", str(exc), "invalid_request_error", param=exc.param
+            )
+            return
+        except TimeoutError:
+            message = f"the request body did not arrive within {BODY_TIMEOUT_S:g} s"
+            await self._refuse(send, out_headers, "", 408, "body_timeout", message, "invalid_request_error")
+            return
+        model = parsed.model
+        plan = gw.table.lookup(model)
+        if plan is None:
+            message = f"The model `{model}` does not exist; `GET /v1/models` lists the models served here."
+            await self._refuse(
+                send, out_headers, model, 404, "model_not_found", message, "invalid_request_error"
+            )
+            return
+        key = None
+        if gw.keys.enabled:
+            found = gw.keys.authenticate(authorization, model)
+            if isinstance(found, AuthFailure):
+                type_ = "authentication_error" if found.status == 401 else "permission_error"
+                await self._refuse(send, out_headers, model, found.status, found.code, found.message, type_)
+                return
+            key = found
+        tenant = key.tenant if key is not None else ""
+        ex = Exchange(
+            request_id=rid.decode(),
+            path=path.encode(),
+            body=parsed.body,
+            model=model,
+            stream=parsed.stream,
+            prompt_estimate=parsed.prompt_tokens_estimate,
+            headers=[(b"Content-Type", b"application/json"), (b"X-Request-Id", rid)],
+            response_headers=out_headers,
+            started=started,
+        )
+        span = gw.tracer.request_span(
+            path, traceparent.decode("latin-1") if traceparent else None, {"gen_ai.request.model": model}
+        )
+        ex.headers.append((b"traceparent", span.traceparent.encode()))
+        if gw.guards.gates is not None and gw.max_in_flight_per_endpoint is not None:
+            endpoints = sum(len(gw.table.candidates(b)) for b in plan.targets)
+            gw.guards.gates.gate(model).capacity = gw.max_in_flight_per_endpoint * endpoints
+        try:
+            ticket = await gw.guards.admit(ex, plan, key, parsed.max_tokens, priority)
+        except Refusal as refusal:
+            span.end(refusal.status)
+            out_headers += refusal.headers
+            await self._refuse(
+                send, out_headers, model, refusal.status, refusal.code, refusal.message, refusal.type_
+            )
+            return
+        gw.in_flight[model] = gw.in_flight.get(model, 0) + 1
+        task = asyncio.current_task()
+        watcher = asyncio.create_task(_watch_disconnect(receive, task)) if task is not None else None
+        try:
+            await gw.forwarder.forward(ex, plan, send)
+        except asyncio.CancelledError:
+            if watcher is None or not watcher.done() or task is None:
+                raise
+            task.uncancel()  # our own watcher cancelled us: the client went away
+            ex.cause, ex.status = "client_gone", 499
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            gw.in_flight[model] -= 1
+            latency = loop.time() - started
+            span.end(ex.status)
+            self._account(ex, tenant, latency)
+            await gw.guards.finish(
+                ticket,
+                ex,
+                tenant=tenant,
+                key_id=key.key_id if key else "",
+                started_wall=started_wall,
+                latency_s=latency,
+            )
+
+    def _account(self, ex: Exchange, tenant: str, latency: float) -> None:
+        metrics = self.gw.metrics
+        up = ex.upstream
+        backend = up.backend if up is not None else ""
+        series = metrics.series(ex.model, backend, tenant, ex.status)
+        series.requests.inc()
+        series.duration.observe(latency)
+        if ex.ttft_s is not None:
+            series.ttft.observe(ex.ttft_s)
+            if ex.chunks > 1:
+                metrics.inter_token(ex.model, backend, (latency - ex.ttft_s) / (ex.chunks - 1))
+        usage = ex.usage
+        if usage is not None:
+            series.prompt.inc(usage.prompt_tokens)
+            series.cached.inc(usage.cached_tokens)
+            series.completion.inc(usage.completion_tokens)
+        if ex.cause:
+            metrics.error(ex.model, ex.cause)
+
+    async def _refuse(
+        self,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        model: str,
+        status: int,
+        code: str,
+        message: str,
+        type_: str,
+        param: str | None = None,
+    ) -> None:
+        metrics = self.gw.metrics
+        metrics.series(model, "", "", status).requests.inc()
+        metrics.error(model, code)
+        await send_json(send, status, json_error(message, type_, code, param), headers)
+
+    async def _models(self, send: Send) -> None:
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": "computenet"}
-            for m in gateway.registry.models()
+            for m in self.gw.table.models()
         ]
-        return JSONResponse({"object": "list", "data": data})
+        await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
 
-    async def metrics(_request: Request) -> Response:
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def health(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ]
-    )
-
-
-async def _proxy(gateway: Gateway, request: Request, path: str) -> Response:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return bad_request(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
-    payload, problem = _parse(body)
-    if problem:
-        return bad_request(problem)
-    model = payload["model"]
-    route = gateway.registry.lookup(model)
-    if route is None:
-        gateway.metrics.requests.labels("", "404").inc()
-        return model_not_found(model)
-    if not route.endpoints:
-        gateway.metrics.requests.labels(model, "503").inc()
-        return no_capacity(
-            f"`{model}` has no ready replica yet; retry shortly or check `computenet get deployments`"
-        )
-    return await gateway.forwarder.forward(path, body, route, stream=payload.get("stream") is True)
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.gw.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.gw.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
-def _parse(body: bytes) -> tuple[dict[str, Any], str | None]:
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        return {}, f"request body is not valid JSON: {exc}"
-    if not isinstance(payload, dict):
-        return {}, "request body must be a JSON object"
-    if not isinstance(payload.get("model"), str) or not payload["model"]:
-        return {}, "`model` is required: the name of a model from `GET /v1/models`"
-    return payload, None
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(receive: Receive, length: int, limit: int) -> bytes:
+    if length > limit:
+        raise _TooLarge(f"request body is {length} bytes; the limit is {limit}")
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    parts, size = [body], len(body)
+    async with asyncio.timeout(BODY_TIMEOUT_S):
+        while message.get("more_body"):
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(f"request body is over the limit of {limit} bytes")
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[object]) -> None:
+    """Cancel the request's task when its client goes away, so the upstream stops too."""
+    message = await receive()
+    # uvicorn also reports a "disconnect" once the response is complete. By then the
+    # handler is past its last await and cancels this watcher before it can run again,
+    # so a disconnect seen here while the handler runs is a real one.
+    if message["type"] == "http.disconnect" and not task.done():
+        task.cancel()
+
+
+async def _method_not_allowed(send: Send, allowed: str) -> None:
+    body = json_error(f"use {allowed} on this path", "invalid_request_error", "method_not_allowed")
+    await send_json(send, 405, body, [(b"allow", allowed.encode())])

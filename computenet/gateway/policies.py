@@ -11,9 +11,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Protocol
-
-from computenet.api import Endpoint
+from typing import Protocol, TypeVar
 
 
 class LoadTracker:
@@ -34,8 +32,18 @@ class LoadTracker:
         return self._outstanding.get(replica, 0)
 
 
+class Routable(Protocol):
+    """Anything a policy can choose between: a replica's endpoint, an upstream."""
+
+    @property
+    def replica(self) -> str: ...
+
+
+R = TypeVar("R", bound=Routable)
+
+
 class RoutingPolicy(Protocol):
-    def pick(self, model: str, candidates: Sequence[Endpoint], load: LoadTracker) -> Endpoint:
+    def pick(self, model: str, candidates: Sequence[R], load: LoadTracker) -> R:
         """Choose one of `candidates` (never empty)."""
         ...
 
@@ -44,7 +52,9 @@ class RoundRobin:
     def __init__(self) -> None:
         self._counters: defaultdict[str, itertools.count[int]] = defaultdict(itertools.count)
 
-    def pick(self, model: str, candidates: Sequence[Endpoint], load: LoadTracker) -> Endpoint:
+    def pick(self, model: str, candidates: Sequence[R], load: LoadTracker) -> R:
+        if len(candidates) == 1:
+            return candidates[0]
         return candidates[next(self._counters[model]) % len(candidates)]
 
 
@@ -54,7 +64,9 @@ class LeastOutstanding:
     def __init__(self) -> None:
         self._tiebreak = RoundRobin()
 
-    def pick(self, model: str, candidates: Sequence[Endpoint], load: LoadTracker) -> Endpoint:
+    def pick(self, model: str, candidates: Sequence[R], load: LoadTracker) -> R:
+        if len(candidates) == 1:
+            return candidates[0]
         fewest = min(load.outstanding(e.replica) for e in candidates)
         tied = [e for e in candidates if load.outstanding(e.replica) == fewest]
         return self._tiebreak.pick(model, tied, load)

@@ -1,59 +1,91 @@
-"""Where the gateway learns which endpoints serve which model.
+"""Where the gateway learns which replicas serve which deployment.
 
-`EndpointRegistry` is the in-process `EndpointSink` the control plane publishes to.
-Lookups happen on every request, so the per-model view is rebuilt on publish (rare)
-and read as one dictionary access (often).
+`EndpointRegistry` is the in-process `EndpointSink` the control plane publishes to
+(and what `computenet gateway --upstream` fills with static upstreams). Lookups
+happen on every request, so everything a request needs — the parsed origin of each
+replica, the per-model list — is built on publish (rare) and read as one dictionary
+access (often).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from computenet.api import Endpoint
 
+from .upstream import Origin
 
-@dataclass(frozen=True)
-class Route:
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One place an attempt can go: a replica, or a provider's API."""
+
+    replica: str  # the key for load, breakers and the x-computenet-replica header
+    origin: Origin
+    backend: str  # "deployment/<name>" or "provider/<name>"
+    endpoint: str  # the replica name, or the provider's model name
+    region: str
+    # e.g. the provider's Authorization; kept out of repr so that no log line can show it
+    headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
+    model: str | None = None  # rewrite the body's `model` to this; None leaves it as sent
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
     model: str
     policy: str
-    endpoints: tuple[Endpoint, ...]
-
-
-@dataclass(frozen=True)
-class _Published:
-    model: str
-    policy: str
-    endpoints: tuple[Endpoint, ...]
+    upstreams: tuple[Upstream, ...]
 
 
 class EndpointRegistry:
-    def __init__(self) -> None:
-        self._deployments: dict[str, _Published] = {}
-        self._routes: dict[str, Route] = {}
+    def __init__(self, region_of: Callable[[Endpoint], str] | None = None) -> None:
+        self._deployments: dict[str, Published] = {}
+        self._by_model: dict[str, tuple[str, ...]] = {}
+        self._region_of = region_of or (lambda e: e.pool)
+        self._listeners: list[Callable[[], None]] = []
 
     async def publish(
         self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: str
     ) -> None:
-        self._deployments[deployment] = _Published(model, policy, tuple(endpoints))
+        self.publish_now(deployment, endpoints, model=model, policy=policy)
+
+    def publish_now(self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: str) -> None:
+        """`publish` for callers outside the event loop (static upstreams given on the command line)."""
+        upstreams = tuple(
+            Upstream(
+                replica=e.replica,
+                origin=Origin.parse(e.url),
+                backend=f"deployment/{deployment}",
+                endpoint=e.replica,
+                region=self._region_of(e),
+            )
+            for e in endpoints
+        )
+        self._deployments[deployment] = Published(model, policy, upstreams)
         self._rebuild()
 
     async def withdraw(self, deployment: str) -> None:
         self._deployments.pop(deployment, None)
         self._rebuild()
 
-    def lookup(self, model: str) -> Route | None:
-        return self._routes.get(model)
+    def deployment(self, name: str) -> Published | None:
+        return self._deployments.get(name)
+
+    def deployments_of(self, model: str) -> tuple[str, ...]:
+        """Deployments serving `model` (the name their replicas answer to), by name."""
+        return self._by_model.get(model, ())
 
     def models(self) -> list[str]:
-        return sorted(self._routes)
+        return sorted(self._by_model)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
 
     def _rebuild(self) -> None:
-        routes: dict[str, Route] = {}
+        by_model: dict[str, list[str]] = {}
         for name in sorted(self._deployments):
-            pub = self._deployments[name]
-            known = routes.get(pub.model)
-            # Several deployments may serve one model; the first (by name) sets the policy.
-            endpoints = (known.endpoints if known else ()) + pub.endpoints
-            routes[pub.model] = Route(pub.model, known.policy if known else pub.policy, endpoints)
-        self._routes = routes
+            by_model.setdefault(self._deployments[name].model, []).append(name)
+        self._by_model = {model: tuple(names) for model, names in by_model.items()}
+        for listener in self._listeners:
+            listener()

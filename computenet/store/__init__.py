@@ -1,6 +1,20 @@
-"""Persistence of resources and their status (SQLAlchemy; SQLite embedded, PostgreSQL distributed)."""
+"""Persistence of resources and their status, API keys and usage records
+(SQLAlchemy; SQLite embedded, PostgreSQL distributed)."""
 
 from .errors import Conflict, NotFound, SchemaTooNew
+from .keys import KeyStore
 from .resources import ApplyAction, ResourceStore, sqlite_url
+from .usage import SpendScope, UsageStore, UsageTotal
 
-__all__ = ["ApplyAction", "Conflict", "NotFound", "ResourceStore", "SchemaTooNew", "sqlite_url"]
+__all__ = [
+    "ApplyAction",
+    "Conflict",
+    "KeyStore",
+    "NotFound",
+    "ResourceStore",
+    "SchemaTooNew",
+    "SpendScope",
+    "UsageStore",
+    "UsageTotal",
+    "sqlite_url",
+]

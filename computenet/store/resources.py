@@ -3,6 +3,8 @@
 One `ResourceStore` per process, opened from a SQLAlchemy URL. SQLite runs in WAL
 mode so that readers (the control API) never wait on the reconciler's status writes.
 Every write wakes the watchers, so the reconciler reacts at once instead of polling.
+API keys (`store.keys`) and usage records (`store.usage`) share the engine; key
+changes wake their own watchers, so the reconciler does not wake for them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from computenet.api import KINDS, AnyResource
 
 from .errors import Conflict, NotFound, SchemaTooNew
+from .keys import KeyStore
 from .tables import SCHEMA_VERSION, Base, ResourceRow, SchemaRow
+from .usage import UsageStore
 
 ApplyAction = Literal["created", "configured", "unchanged"]
 
@@ -36,6 +40,8 @@ class ResourceStore:
         self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._watchers: set[asyncio.Event] = set()
+        self.keys = KeyStore(self._sessions)
+        self.usage = UsageStore(self._sessions, engine.dialect.name)
 
     @classmethod
     async def open(cls, url: str) -> ResourceStore:
@@ -55,7 +61,7 @@ class ResourceStore:
         await self._engine.dispose()
 
     def watch(self) -> asyncio.Event:
-        """An event set after every write; clear it after waking up."""
+        """An event set after every resource write; clear it after waking up. Keys: `keys.watch()`."""
         waiter = asyncio.Event()
         self._watchers.add(waiter)
         return waiter

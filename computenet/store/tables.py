@@ -1,15 +1,21 @@
 """Table definitions. Spec and status live in separate columns so that a status write
-never rewrites what a user declared, and a spec write never loses observed status."""
+never rewrites what a user declared, and a spec write never loses observed status.
+
+Times of keys and usage are unix seconds (floats), as the records in `computenet.api`
+carry them; usage also keeps its UTC day so that totals per day group in plain SQL,
+the same on SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String
+from sqlalchemy import JSON, Boolean, Date, DateTime, Float, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Bump with a migration in store/migrations when a table changes shape.
+# Bump with a migration in store/migrations when a table changes shape. A new table
+# needs no bump: `create_all` adds it to an existing database and older code ignores it.
 SCHEMA_VERSION = 1
 
 
@@ -39,3 +45,43 @@ class ResourceRow(Base):
     generation: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiKeyRow(Base):
+    """One API key. Only the SHA-256 of the key text is kept; the text is shown once."""
+
+    __tablename__ = "api_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(63), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    models: Mapped[list[str]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UsageRow(Base):
+    """One metered request; `request_id` is the key that makes a retried batch harmless."""
+
+    __tablename__ = "usage"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[float] = mapped_column(Float, index=True)
+    day: Mapped[date] = mapped_column(Date, index=True)  # UTC day of started_at
+    tenant: Mapped[str] = mapped_column(String(63))
+    key_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(256))
+    backend: Mapped[str] = mapped_column(String(256))
+    endpoint: Mapped[str] = mapped_column(String(512))
+    region: Mapped[str] = mapped_column(String(64))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cost_usd: Mapped[float] = mapped_column(Float)
+    ttft_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_s: Mapped[float] = mapped_column(Float)
+    status: Mapped[int] = mapped_column(Integer)
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False)

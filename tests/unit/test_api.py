@@ -57,7 +57,7 @@ def test_every_problem_in_every_document_is_reported_with_file_doc_and_path() ->
     [
         (
             "kind: Gadget\nmetadata: {name: x}\n",
-            "t.yaml doc 1: kind: must be one of Deployment, Model, Pool, got 'Gadget'",
+            "t.yaml doc 1: kind: must be one of APIKey, Deployment, Model, Pool, Provider, Route, Tenant, got 'Gadget'",
         ),
         ("- a\n- b\n", "t.yaml doc 1: must be a mapping with apiVersion, kind, metadata and spec, got list"),
         ("kind: Model\nmetadata: {name: x}\n", "t.yaml doc 1: spec: is required"),
@@ -108,7 +108,7 @@ def test_kind_aliases(typed: str, kind: str) -> None:
 
 
 def test_unknown_kind_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="use one of: deployments, models, pools"):
+    with pytest.raises(ValueError, match="use one of: apikeys, deployments, models, pools, providers, routes, tenants"):
         kind_from_user("gizmos")
 
 

@@ -43,8 +43,11 @@ class Harness:
         return dep
 
     def endpoints(self) -> int:
-        route = self.registry.lookup("llm")
-        return -1 if route is None else len(route.endpoints)
+        names = self.registry.deployments_of("llm")
+        if not names:
+            return -1
+        published = self.registry.deployment(names[0])
+        return -1 if published is None else len(published.upstreams)
 
 
 @pytest.fixture

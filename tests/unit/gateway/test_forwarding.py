@@ -14,11 +14,11 @@ from aiohttp import web
 from computenet.api import Endpoint
 from computenet.engines.sim import SimConfig
 from computenet.engines.sim.server import create_app as create_sim_app
-from computenet.gateway import EndpointRegistry, Gateway, create_gateway_app
+from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
 from computenet.gateway.policies import LeastOutstanding, LoadTracker, RoundRobin
 from computenet.pools.processes import free_port
 
-from .servers import serve
+from ..servers import serve
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,7 +51,7 @@ async def gateway_with(
     await gateway.start()
     try:
         async with (
-            serve(create_gateway_app(gateway)) as url,
+            serve(GatewayApp(gateway)) as url,
             httpx.AsyncClient(base_url=url, timeout=10) as client,
         ):
             yield client, gateway
@@ -87,7 +87,7 @@ def _dead_url() -> str:
 
 def _attempts(gateway: Gateway, outcome: str) -> float:
     value = gateway.metrics.registry.get_sample_value(
-        "computenet_upstream_attempts_total", {"model": "m", "outcome": outcome}
+        "computenet_gateway_upstream_attempts_total", {"backend": "deployment/d", "outcome": outcome}
     )
     return value or 0.0
 
@@ -117,12 +117,12 @@ async def test_client_errors_from_a_replica_are_passed_through_not_retried() -> 
         assert _attempts(gateway, "error") == 0
 
 
-async def test_when_every_replica_fails_the_client_gets_503_naming_them() -> None:
+async def test_when_every_replica_fails_the_client_gets_502_naming_them() -> None:
     async with upstream(_status_500) as a, gateway_with(a, _dead_url()) as (client, _):
         resp = await client.post("/v1/chat/completions", json=CHAT)
-    assert resp.status_code == 503
+    assert resp.status_code == 502
     message = resp.json()["error"]["message"]
-    assert "r0: answered HTTP 500" in message and "r1: ClientConnectorError" in message
+    assert "r0: answered HTTP 500" in message and "r1: connect to 127.0.0.1" in message
 
 
 async def test_request_errors_are_openai_shaped() -> None:
@@ -136,6 +136,11 @@ async def test_request_errors_are_openai_shaped() -> None:
         assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]["message"]
         no_model = await client.post("/v1/completions", json={"prompt": "x"})
         assert no_model.status_code == 400 and "`model` is required" in no_model.json()["error"]["message"]
+        assert no_model.json()["error"]["param"] == "model"
+        bad_tokens = await client.post("/v1/chat/completions", json={**CHAT, "max_tokens": "many"})
+        assert bad_tokens.status_code == 400 and bad_tokens.json()["error"]["param"] == "max_tokens"
+        wrong_method = await client.get("/v1/chat/completions")
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
         models = (await client.get("/v1/models")).json()
         assert [m["id"] for m in models["data"]] == ["cold", "m"]
 
@@ -183,6 +188,10 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_request() ->
         await asyncio.wait_for(upstream_cancelled.wait(), 5)
         await asyncio.sleep(0.05)
         assert gateway.forwarder.load.outstanding("r0") == 0
+        errors = gateway.metrics.registry.get_sample_value(
+            "computenet_gateway_errors_total", {"model": "m", "cause": "client_gone"}
+        )
+        assert errors == 1
 
 
 def _eps(n: int) -> list[Endpoint]:

@@ -1,0 +1,72 @@
+"""The gateway of `computenet up`: built over the store, and kept in step with it.
+
+The gateway may not import the store (see DESIGN.md), so this module is the glue:
+it hands the gateway the store's usage table as its meter's sink, re-reads Routes,
+Providers, Tenants and declared APIKeys whenever the store changes, and seeds the
+budget ledger with what was already spent this period, so a restart does not hand
+every tenant a fresh budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from computenet.api import DeclaredKey, Provider, Route, Tenant
+from computenet.gateway import ConfigError, EndpointRegistry, Gateway
+from computenet.gateway.auth import KeyBook
+from computenet.gateway.guards import Guards
+from computenet.gateway.limits import MemoryBudgetLedger, MemoryRateLimiter
+from computenet.gateway.limits.accounts import period_window
+from computenet.gateway.metering import UsageMeter
+from computenet.gateway.tracing import Tracer
+from computenet.store import ResourceStore
+
+from .gateway import declared_key
+
+log = logging.getLogger(__name__)
+
+USAGE_SPILL_FILE = "usage-spill.jsonl"
+
+
+def embedded_gateway(store: ResourceStore, state_dir: Path, *, auth: bool) -> Gateway:
+    meter = UsageMeter(store.usage, spill_path=state_dir / USAGE_SPILL_FILE)
+    guards = Guards(limiter=MemoryRateLimiter(), ledger=MemoryBudgetLedger(), meter=meter)
+    return Gateway(EndpointRegistry(), keys=KeyBook(required=auth), guards=guards, tracer=Tracer.from_env())
+
+
+async def follow_gateway_config(store: ResourceStore, gateway: Gateway) -> None:
+    """Apply the store's Routes, Providers, Tenants and APIKeys to the gateway, now and on every change."""
+    changed = store.watch()
+    seeded: set[str] = set()
+    while True:
+        changed.clear()
+        try:
+            await _apply(store, gateway, seeded)
+        except ConfigError as exc:
+            # Keep serving with the last good configuration; the user sees why in the log.
+            log.error("gateway configuration not applied: %s", exc)
+        await changed.wait()
+
+
+async def _apply(store: ResourceStore, gateway: Gateway, seeded: set[str]) -> None:
+    routes = [r for r in await store.list("Route") if isinstance(r, Route)]
+    providers = [r for r in await store.list("Provider") if isinstance(r, Provider)]
+    tenants = [r for r in await store.list("Tenant") if isinstance(r, Tenant)]
+    declared = [declared_key(r) for r in await store.list("APIKey") if isinstance(r, DeclaredKey)]
+    gateway.configure(routes, providers)
+    gateway.guards.configure_tenants(tenants)
+    gateway.keys.declare(declared)
+    ledger = gateway.guards.ledger
+    if ledger is None:
+        return
+    for tenant in tenants:
+        budget = tenant.spec.budget
+        if budget is None or tenant.name in seeded:
+            continue
+        since = period_window(budget.period, time.time()).starts_at
+        spent = await store.usage.spend("tenant", since=since)
+        await ledger.seed(f"tenant:{tenant.name}", budget.period, spent.get(tenant.name, 0.0))
+        seeded.add(tenant.name)
+

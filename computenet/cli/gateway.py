@@ -1,0 +1,219 @@
+"""`computenet gateway`: the gateway alone, without a control plane or state directory.
+
+    computenet gateway --port 4000 --model llama --upstream http://10.0.0.5:8000,http://10.0.0.6:8000
+    computenet gateway -f gateway.yaml        # Providers, Routes, Tenants and APIKeys
+
+This is how people run a LiteLLM proxy today. With `--workers N` uvicorn starts N
+processes on one socket; each builds its own gateway from the same arguments, which
+travel to them in an environment variable (uvicorn re-imports the app per worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from computenet.api import (
+    ApiKey,
+    DeclaredKey,
+    Endpoint,
+    KeyLimits,
+    ManifestError,
+    Provider,
+    Route,
+    Tenant,
+    hash_key,
+    load_file,
+)
+from computenet.gateway import ConfigError, Gateway, GatewayApp
+from computenet.gateway.admission import Gates
+from computenet.gateway.auth import KeyBook
+from computenet.gateway.guards import Guards
+from computenet.gateway.limits import (
+    BudgetLedger,
+    MemoryBudgetLedger,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisBudgetLedger,
+    RedisRateLimiter,
+)
+from computenet.gateway.tracing import Tracer
+
+ARGS_ENV = "COMPUTENET_GATEWAY_ARGS"
+STATIC_DEPLOYMENT = "upstream"
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("gateway", help="run the gateway alone in front of static upstreams or a file of routes")
+    p.add_argument("-f", "--filename", type=Path, help="Providers, Routes, Tenants and APIKeys (YAML)")
+    p.add_argument("--model", help="public model name served by --upstream")
+    p.add_argument("--upstream", help="comma-separated base URLs of OpenAI-compatible servers")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=4000, help="port (default 4000)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
+    p.add_argument(
+        "--require-key", action="store_true", help="refuse requests without a key even if none is declared"
+    )
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run_gateway)
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    settings = {
+        "filename": str(args.filename) if args.filename else None,
+        "model": args.model,
+        "upstream": args.upstream,
+        "require_key": args.require_key,
+        "redis": args.redis,
+        "failure_mode": args.limits_failure_mode,
+        "max_in_flight": args.max_in_flight,
+        "queue_size": args.queue_size,
+        "queue_timeout": args.queue_timeout,
+    }
+    try:
+        _check(args)
+        build_app(settings)  # fail here, with a clear message, rather than in every worker
+    except (ManifestError, ConfigError, ValueError) as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    os.environ[ARGS_ENV] = json.dumps(settings)
+    auth = "on" if settings["require_key"] or _declares_keys(settings) else "off (no APIKey declared)"
+    print(
+        f"computenet gateway on http://{args.host}:{args.port}/v1  workers={args.workers}  auth={auth}",
+        flush=True,
+    )
+    uvicorn.run(
+        "computenet.cli.gateway:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=args.log_level,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.filename is None and (args.model is None or args.upstream is None):
+        raise ValueError("give --model NAME --upstream URL[,URL...], or -f FILE (or both)")
+    if (args.model is None) != (args.upstream is None):
+        raise ValueError("--model and --upstream go together: the name clients use, and where it is served")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be 1-65535, got {args.port}")
+    if args.max_in_flight is not None and args.max_in_flight < 1:
+        raise ValueError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
+    if args.queue_size < 0 or args.queue_timeout <= 0:
+        raise ValueError("--queue-size must be >= 0 and --queue-timeout > 0")
+    if args.redis is not None and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--redis must be a redis:// or rediss:// URL, got {args.redis!r}")
+
+
+def app_from_env() -> GatewayApp:
+    """uvicorn's factory in each worker process."""
+    return build_app(json.loads(os.environ[ARGS_ENV]))
+
+
+def build_app(settings: dict[str, Any]) -> GatewayApp:
+    resources = load_file(settings["filename"]) if settings.get("filename") else []
+    keys = [declared_key(r) for r in resources if isinstance(r, DeclaredKey)]
+    gateway = Gateway(
+        keys=KeyBook(keys, required=bool(settings.get("require_key"))),
+        guards=_guards(settings),
+        tracer=Tracer.from_env(),
+        max_in_flight_per_endpoint=settings.get("max_in_flight"),
+    )
+    if settings.get("upstream"):
+        urls = [u.strip() for u in settings["upstream"].split(",") if u.strip()]
+        endpoints = [
+            Endpoint(
+                replica=f"{STATIC_DEPLOYMENT}-{i}",
+                deployment=STATIC_DEPLOYMENT,
+                model=settings["model"],
+                url=url,
+            )
+            for i, url in enumerate(urls)
+        ]
+        for endpoint in endpoints:
+            if not endpoint.url.startswith(("http://", "https://")):
+                raise ValueError(f"--upstream: {endpoint.url!r} is not an http:// or https:// URL")
+        gateway.registry.publish_now(
+            STATIC_DEPLOYMENT, endpoints, model=settings["model"], policy="least_outstanding"
+        )
+    gateway.configure(
+        routes=[r for r in resources if isinstance(r, Route)],
+        providers=[r for r in resources if isinstance(r, Provider)],
+    )
+    gateway.guards.configure_tenants([r for r in resources if isinstance(r, Tenant)])
+    return GatewayApp(gateway)
+
+
+def _guards(settings: dict[str, Any]) -> Guards:
+    redis_url = settings.get("redis")
+    limiter: RateLimiter
+    ledger: BudgetLedger
+    if redis_url:
+        mode = settings.get("failure_mode", "open")
+        limiter = RedisRateLimiter(redis_url, failure_mode=mode)
+        ledger = RedisBudgetLedger(redis_url, failure_mode=mode)
+    else:
+        limiter, ledger = MemoryRateLimiter(), MemoryBudgetLedger()
+    gates = None
+    if settings.get("max_in_flight"):
+        gates = Gates(
+            max_queue=settings.get("queue_size", 1024), max_wait_s=settings.get("queue_timeout", 30.0)
+        )
+    return Guards(limiter=limiter, ledger=ledger, gates=gates)
+
+
+def declared_key(doc: DeclaredKey) -> ApiKey:
+    """The gateway's record of an `APIKey` document (its id is the document's name)."""
+    spec = doc.spec
+    if spec.key_from_env is not None:
+        text = os.environ.get(spec.key_from_env)
+        if not text:
+            raise ConfigError(
+                f"APIKey {doc.name!r} spec.keyFromEnv: environment variable {spec.key_from_env} is not set"
+            )
+        digest = hash_key(text.strip())
+    else:
+        assert spec.key_sha256 is not None
+        digest = spec.key_sha256
+    limits = spec.limits
+    budget = spec.budget
+    return ApiKey(
+        key_id=doc.name,
+        tenant=spec.tenant,
+        secret_sha256=digest,
+        models=tuple(spec.models),
+        expires_at=spec.expires_at.astimezone(UTC).timestamp() if spec.expires_at else None,
+        admin=spec.admin,
+        limits=KeyLimits(
+            requests_per_minute=limits.requests_per_minute if limits else None,
+            tokens_per_minute=limits.tokens_per_minute if limits else None,
+            budget_usd=budget.limit_usd if budget else None,
+            budget_period=budget.period if budget else "month",
+        ),
+    )
+
+
+def _declares_keys(settings: dict[str, Any]) -> bool:
+    if not settings.get("filename"):
+        return False
+    return any(isinstance(r, DeclaredKey) for r in load_file(settings["filename"]))

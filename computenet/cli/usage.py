@@ -1,0 +1,105 @@
+"""`computenet usage`: requests, tokens, cost and latency per tenant, model and UTC day.
+
+`--since` and `--until` take a date (`2026-11-01`), a time (`2026-11-01T12:00:00Z`,
+UTC unless it names a zone) or a duration back from now (`7d`, `12h`). The table
+ends with a TOTAL line; `-o csv` and `-o json` print the same rows for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from .client import CliError, ControlClient
+from .output import COLUMNS, Row, table
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")  # the control API reads the same forms
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_FIELDS = [  # (csv header, wire name)
+    ("tenant", "tenant"),
+    ("model", "model"),
+    ("day", "day"),
+    ("requests", "requests"),
+    ("errors", "errors"),
+    ("prompt_tokens", "promptTokens"),
+    ("cached_tokens", "cachedTokens"),
+    ("completion_tokens", "completionTokens"),
+    ("cost_usd", "costUsd"),
+    ("mean_latency_s", "meanLatencySeconds"),
+]
+COLUMNS["UsageTotal"] = [
+    ("TENANT", lambda r: r["tenant"] or "<none>"),
+    ("MODEL", lambda r: r["model"]),
+    ("DAY", lambda r: r["day"]),
+    ("REQUESTS", lambda r: r["requests"]),
+    ("ERRORS", lambda r: r["errors"]),
+    ("PROMPT", lambda r: r["promptTokens"]),
+    ("CACHED", lambda r: r["cachedTokens"]),
+    ("COMPLETION", lambda r: r["completionTokens"]),
+    ("COST_USD", lambda r: f"{r['costUsd']:.4f}"),
+    ("MEAN_LATENCY_S", lambda r: f"{r['meanLatencySeconds']:.3f}"),
+]
+
+
+def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    usage = add("usage", help="usage totals per tenant, model and day")
+    usage.add_argument("--tenant", help="only this tenant")
+    usage.add_argument("--since", metavar="WHEN", help="from: 7d, 12h, 2026-11-01 or an ISO time")
+    usage.add_argument("--until", metavar="WHEN", help="up to (not including); same forms as --since")
+    usage.add_argument("-o", "--output", choices=["table", "csv", "json"], default="table")
+
+
+def cmd_usage(client: ControlClient, args: argparse.Namespace) -> None:
+    now = time.time()
+    params = {"tenant": args.tenant}
+    for flag in ("since", "until"):
+        text = getattr(args, flag)
+        if text is not None:
+            params[flag] = str(when(f"--{flag}", text, now=now, future=False))
+    items = client.json("GET", "/usage", params={k: v for k, v in params.items() if v is not None})["items"]
+    print(render_usage(items, args.output))
+
+
+def render_usage(items: list[Row], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(items, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([header for header, _ in _FIELDS])
+        writer.writerows([item[name] for _, name in _FIELDS] for item in items)
+        return out.getvalue().rstrip("\n")
+    if not items:
+        return "No usage found."
+    return table("UsageTotal", [*items, _total(items)])
+
+
+def _total(items: list[Row]) -> Row:
+    requests = sum(i["requests"] for i in items)
+    latency = sum(i["meanLatencySeconds"] * i["requests"] for i in items) / max(requests, 1)
+    sums = {name: sum(i[name] for i in items) for _, name in _FIELDS[3:-1]}
+    return {"tenant": "TOTAL", "model": "", "day": "", **sums, "meanLatencySeconds": latency}
+
+
+def when(flag: str, text: str, *, now: float, future: bool) -> float:
+    """Unix seconds of a duration from now (ahead when `future`, else back) or of a date or time."""
+    match = _DURATION.match(text.strip())
+    if match:
+        seconds = int(match[1]) * _UNIT_S[match[2]]
+        return now + seconds if future else now - seconds
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        example = "30d" if future else "7d"
+        raise CliError(
+            f"error: {flag} must be a duration like {example}, a date like 2026-11-01 "
+            f"or a time like 2026-11-01T12:00:00Z, got {text!r}",
+            exit_code=2,
+        ) from None
+    return at.replace(tzinfo=at.tzinfo or UTC).timestamp()

@@ -1,0 +1,200 @@
+"""From a public model name to the ordered backends a request may try.
+
+A `Route` resource names targets (weighted) and fallbacks (ordered); a model served
+by deployments with no Route gets an implicit one over those deployments. Plans are
+built when routes, providers or endpoints change, so a lookup on the request path is
+one dictionary access.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from computenet.api import Price, Provider, RateLimits, Route, Target
+
+from .policies import DEFAULT_POLICY
+from .registry import EndpointRegistry, Upstream
+from .upstream import Origin
+
+FREE = Price()
+
+
+class ConfigError(ValueError):
+    """Routes or providers that cannot be served; the message names the resource and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    label: str  # "deployment/<name>" or "provider/<name>"
+    deployment: str | None  # replicas come from the registry at request time
+    upstream: Upstream | None  # a provider model: one fixed upstream
+    price: Price
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    model: str
+    policy: str
+    targets: tuple[Backend, ...]
+    fallbacks: tuple[Backend, ...]
+    timeout_s: float
+    retries: int
+    limits: RateLimits | None
+    max_price: Price  # the dearest backend: what a budget reserves before the answer is known
+
+    def order(self, rng: random.Random) -> list[Backend]:
+        """Targets in a weighted-random order (weight 0: only after the others), then fallbacks."""
+        targets = list(self.targets)
+        if len(targets) > 1:
+            # Efraimidis-Spirakis: sort by u^(1/w), a weighted shuffle in one pass.
+            targets.sort(key=lambda b: rng.random() ** (1 / b.weight) if b.weight else -1.0, reverse=True)
+        return targets + list(self.fallbacks)
+
+
+def provider_upstreams(provider: Provider, environ: Mapping[str, str] | None = None) -> dict[str, Upstream]:
+    """One upstream per model the provider lists, with its key read from where the spec says."""
+    spec = provider.spec
+    headers: list[tuple[bytes, bytes]] = []
+    if spec.api_key is not None:
+        headers.append((b"Authorization", b"Bearer " + _read_secret(provider).encode()))
+    headers += [(k.encode(), v.encode()) for k, v in spec.headers.items()]
+    origin = Origin.parse(spec.base_url)
+    # The base URL usually ends in /v1 and request paths start with it: keep one.
+    origin = Origin(origin.scheme, origin.host, origin.port, origin.base_path.removesuffix("/v1"))
+    return {
+        m.name: Upstream(
+            replica=f"{provider.name}:{m.name}",
+            origin=origin,
+            backend=f"provider/{provider.name}",
+            endpoint=m.name,
+            region=spec.region,
+            headers=tuple(headers),
+            model=m.name,
+        )
+        for m in spec.models
+    }
+
+
+def _read_secret(provider: Provider) -> str:
+    ref = provider.spec.api_key
+    assert ref is not None
+    where = f"Provider {provider.name!r} spec.apiKey"
+    if ref.from_env is not None:
+        value = os.environ.get(ref.from_env)
+        if not value:
+            raise ConfigError(f"{where}.fromEnv: environment variable {ref.from_env} is not set; export it")
+        return value.strip()
+    assert ref.from_file is not None
+    try:
+        return Path(ref.from_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{where}.fromFile: cannot read {ref.from_file}: {exc.strerror}") from exc
+
+
+class RouteTable:
+    def __init__(self, registry: EndpointRegistry) -> None:
+        self.registry = registry
+        self._explicit: dict[str, RoutePlan] = {}
+        self._implicit: dict[str, RoutePlan] = {}
+        registry.on_change(self._rebuild_implicit)
+        self._rebuild_implicit()
+
+    def configure(self, routes: Iterable[Route], providers: Iterable[Provider]) -> None:
+        """Replace the declared routes; raises ConfigError (and changes nothing) on a bad reference."""
+        upstreams: dict[str, dict[str, Upstream]] = {}
+        prices: dict[tuple[str, str], Price] = {}
+        for provider in providers:
+            upstreams[provider.name] = provider_upstreams(provider)
+            for m in provider.spec.models:
+                prices[(provider.name, m.name)] = m.price
+        plans: dict[str, RoutePlan] = {}
+        for route in routes:
+            targets = tuple(
+                self._backend(route, t, "targets", i, upstreams, prices)
+                for i, t in enumerate(route.spec.targets)
+            )
+            fallbacks = tuple(
+                self._backend(route, t, "fallbacks", i, upstreams, prices)
+                for i, t in enumerate(route.spec.fallbacks)
+            )
+            plans[route.public_model] = RoutePlan(
+                model=route.public_model,
+                policy=route.spec.policy,
+                targets=targets,
+                fallbacks=fallbacks,
+                timeout_s=route.spec.timeout_seconds,
+                retries=route.spec.retries,
+                limits=route.spec.limits,
+                max_price=_dearest(b.price for b in targets + fallbacks),
+            )
+        self._explicit = plans
+
+    def lookup(self, model: str) -> RoutePlan | None:
+        return self._explicit.get(model) or self._implicit.get(model)
+
+    def models(self) -> list[str]:
+        return sorted({*self._explicit, *self._implicit})
+
+    def candidates(self, backend: Backend) -> tuple[Upstream, ...]:
+        if backend.upstream is not None:
+            return (backend.upstream,)
+        assert backend.deployment is not None
+        published = self.registry.deployment(backend.deployment)
+        return published.upstreams if published is not None else ()
+
+    def _backend(
+        self,
+        route: Route,
+        target: Target,
+        field: str,
+        index: int,
+        upstreams: Mapping[str, Mapping[str, Upstream]],
+        prices: Mapping[tuple[str, str], Price],
+    ) -> Backend:
+        where = f"Route {route.name!r} spec.{field}[{index}]"
+        if target.deployment is not None:
+            return Backend(target.label, target.deployment, None, target.price or FREE, target.weight)
+        assert target.provider is not None and target.model is not None
+        models = upstreams.get(target.provider)
+        if models is None:
+            raise ConfigError(f"{where}.provider: no Provider named {target.provider!r}; apply it first")
+        upstream = models.get(target.model)
+        if upstream is None:
+            known = ", ".join(sorted(models)) or "none"
+            raise ConfigError(
+                f"{where}.model: Provider {target.provider!r} lists no model {target.model!r} "
+                f"(it lists: {known}); add it under the provider's spec.models"
+            )
+        price = target.price or prices[(target.provider, target.model)]
+        return Backend(target.label, None, upstream, price, target.weight)
+
+    def _rebuild_implicit(self) -> None:
+        plans: dict[str, RoutePlan] = {}
+        for model in self.registry.models():
+            names = self.registry.deployments_of(model)
+            first = self.registry.deployment(names[0])
+            backends = tuple(Backend(f"deployment/{n}", n, None, FREE) for n in names)
+            plans[model] = RoutePlan(
+                model=model,
+                policy=first.policy if first is not None else DEFAULT_POLICY,
+                targets=backends,
+                fallbacks=(),
+                timeout_s=600.0,
+                retries=2,
+                limits=None,
+                max_price=FREE,
+            )
+        self._implicit = plans
+
+
+def _dearest(prices: Iterable[Price]) -> Price:
+    best = FREE
+    for price in prices:
+        if price.input + price.output > best.input + best.output:
+            best = price
+    return best
