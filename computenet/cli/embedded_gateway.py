@@ -69,4 +69,3 @@ async def _apply(store: ResourceStore, gateway: Gateway, seeded: set[str]) -> No
         spent = await store.usage.spend("tenant", since=since)
         await ledger.seed(f"tenant:{tenant.name}", budget.period, spent.get(tenant.name, 0.0))
         seeded.add(tenant.name)
-

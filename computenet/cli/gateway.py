@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -62,7 +63,34 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--require-key", action="store_true", help="refuse requests without a key even if none is declared"
     )
+    p.add_argument(
+        "--redis", metavar="URL", help="share rate limits and budgets with other gateways through Redis"
+    )
+    p.add_argument(
+        "--limits-failure-mode",
+        choices=["open", "closed"],
+        default="open",
+        help="while Redis is unreachable: admit requests (open, default) or refuse them with 503 (closed)",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        metavar="N",
+        help="requests per endpoint at once; beyond, requests queue by priority (x-computenet-priority)",
+    )
+    p.add_argument(
+        "--queue-size", type=int, default=1024, help="requests that may wait per model (default 1024)"
+    )
+    p.add_argument(
+        "--queue-timeout", type=float, default=30.0, help="seconds a request may wait (default 30)"
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one JSON line per request on stderr, without prompts or keys (default: on)",
+    )
     p.set_defaults(run=run_gateway)
 
 
@@ -77,6 +105,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         "max_in_flight": args.max_in_flight,
         "queue_size": args.queue_size,
         "queue_timeout": args.queue_timeout,
+        "access_log": args.access_log,
     }
     try:
         _check(args)
@@ -127,7 +156,19 @@ def _check(args: argparse.Namespace) -> None:
 
 def app_from_env() -> GatewayApp:
     """uvicorn's factory in each worker process."""
-    return build_app(json.loads(os.environ[ARGS_ENV]))
+    settings = json.loads(os.environ[ARGS_ENV])
+    if settings.get("access_log"):
+        _log_access_to_stderr()
+    return build_app(settings)
+
+
+def _log_access_to_stderr() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access = logging.getLogger("computenet.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    access.propagate = False
 
 
 def build_app(settings: dict[str, Any]) -> GatewayApp:

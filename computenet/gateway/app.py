@@ -35,6 +35,9 @@ from .tracing import Tracer
 from .upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
+# One JSON object per request: ids, model, backend, status, timings and token counts. Never
+# the prompt, the answer or a key (only the key's public id).
+access_log = logging.getLogger("computenet.access")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
@@ -228,7 +231,7 @@ class GatewayApp:
             gw.in_flight[model] -= 1
             latency = loop.time() - started
             span.end(ex.status)
-            self._account(ex, tenant, latency)
+            self._account(ex, tenant, key.key_id if key else "", latency)
             await gw.guards.finish(
                 ticket,
                 ex,
@@ -238,7 +241,7 @@ class GatewayApp:
                 latency_s=latency,
             )
 
-    def _account(self, ex: Exchange, tenant: str, latency: float) -> None:
+    def _account(self, ex: Exchange, tenant: str, key_id: str, latency: float) -> None:
         metrics = self.gw.metrics
         up = ex.upstream
         backend = up.backend if up is not None else ""
@@ -256,6 +259,29 @@ class GatewayApp:
             series.completion.inc(usage.completion_tokens)
         if ex.cause:
             metrics.error(ex.model, ex.cause)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "ts": time.time(),
+                        "request_id": ex.request_id,
+                        "path": ex.path.decode(),
+                        "model": ex.model,
+                        "tenant": tenant,
+                        "key_id": key_id,
+                        "backend": backend,
+                        "endpoint": up.endpoint if up is not None else "",
+                        "status": ex.status,
+                        "cause": ex.cause,
+                        "attempts": ex.attempts,
+                        "stream": ex.stream,
+                        "latency_ms": round(latency * 1000, 3),
+                        "ttft_ms": round(ex.ttft_s * 1000, 3) if ex.ttft_s is not None else None,
+                        "prompt_tokens": usage.prompt_tokens if usage else 0,
+                        "completion_tokens": usage.completion_tokens if usage else 0,
+                    }
+                ).decode()
+            )
 
     async def _refuse(
         self,

@@ -190,29 +190,31 @@ async def held_upstream() -> AsyncIterator[tuple[str, asyncio.Event, list[str]]]
 
 
 async def test_saturated_model_queues_by_priority_and_sheds_the_lowest() -> None:
-    async with held_upstream() as (url, release, order):
-        async with stack([], upstream=url, gates=Gates(max_queue=2)) as (client, _):
+    async with (
+        held_upstream() as (url, release, order),
+        stack([], upstream=url, gates=Gates(max_queue=2)) as (client, _),
+    ):
 
-            async def call(name: str, priority: str) -> int:
-                body = {**CHAT, "messages": [{"role": "user", "content": name}]}
-                resp = await client.post(
-                    "/v1/chat/completions", json=body, headers={"x-computenet-priority": priority}
-                )
-                return resp.status_code
-
-            first = asyncio.create_task(call("first", "normal"))  # takes the only slot
-            while not order:
-                await asyncio.sleep(0.01)
-            low = asyncio.create_task(call("low", "low"))
-            await asyncio.sleep(0.05)
-            mid = asyncio.create_task(call("mid", "0"))
-            await asyncio.sleep(0.05)
-            high = asyncio.create_task(call("high", "high"))  # queue full: sheds "low"
-            assert await asyncio.wait_for(low, 5) == 429
-            bad = await client.post(
-                "/v1/chat/completions", json=CHAT, headers={"x-computenet-priority": "urgent"}
+        async def call(name: str, priority: str) -> int:
+            body = {**CHAT, "messages": [{"role": "user", "content": name}]}
+            resp = await client.post(
+                "/v1/chat/completions", json=body, headers={"x-computenet-priority": priority}
             )
-            assert bad.status_code == 400 and "x-computenet-priority" in bad.json()["error"]["message"]
-            release.set()
-            assert await asyncio.gather(first, mid, high) == [200, 200, 200]
+            return resp.status_code
+
+        first = asyncio.create_task(call("first", "normal"))  # takes the only slot
+        while not order:
+            await asyncio.sleep(0.01)
+        low = asyncio.create_task(call("low", "low"))
+        await asyncio.sleep(0.05)
+        mid = asyncio.create_task(call("mid", "0"))
+        await asyncio.sleep(0.05)
+        high = asyncio.create_task(call("high", "high"))  # queue full: sheds "low"
+        assert await asyncio.wait_for(low, 5) == 429
+        bad = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"x-computenet-priority": "urgent"}
+        )
+        assert bad.status_code == 400 and "x-computenet-priority" in bad.json()["error"]["message"]
+        release.set()
+        assert await asyncio.gather(first, mid, high) == [200, 200, 200]
     assert order == ["first", "high", "mid"]

@@ -233,7 +233,7 @@ async def test_buckets_refill_continuously_over_the_window(make_limiter: MakeLim
     for _ in range(5):
         assert (await limiter.admit(limits, 0)).allowed
     refused = await limiter.admit(limits, 0)
-    assert not refused.allowed and 0.09 < refused.retry_after_s <= 0.1
+    assert not refused.allowed and 0.05 < refused.retry_after_s <= 0.1  # less if the loop was slow
     await asyncio.sleep(refused.retry_after_s + 0.01)
     assert (await limiter.admit(limits, 0)).allowed
     assert not (await limiter.admit(limits, 0)).allowed
