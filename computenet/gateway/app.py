@@ -260,27 +260,24 @@ class GatewayApp:
         if ex.cause:
             metrics.error(ex.model, ex.cause)
         if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                orjson.dumps(
-                    {
-                        "ts": time.time(),
-                        "request_id": ex.request_id,
-                        "path": ex.path.decode(),
-                        "model": ex.model,
-                        "tenant": tenant,
-                        "key_id": key_id,
-                        "backend": backend,
-                        "endpoint": up.endpoint if up is not None else "",
-                        "status": ex.status,
-                        "cause": ex.cause,
-                        "attempts": ex.attempts,
-                        "stream": ex.stream,
-                        "latency_ms": round(latency * 1000, 3),
-                        "ttft_ms": round(ex.ttft_s * 1000, 3) if ex.ttft_s is not None else None,
-                        "prompt_tokens": usage.prompt_tokens if usage else 0,
-                        "completion_tokens": usage.completion_tokens if usage else 0,
-                    }
-                ).decode()
+            _log_access(
+                {
+                    "request_id": ex.request_id,
+                    "path": ex.path.decode(),
+                    "model": ex.model,
+                    "tenant": tenant,
+                    "key_id": key_id,
+                    "backend": backend,
+                    "endpoint": up.endpoint if up is not None else "",
+                    "status": ex.status,
+                    "cause": ex.cause,
+                    "attempts": ex.attempts,
+                    "stream": ex.stream,
+                    "latency_ms": round(latency * 1000, 3),
+                    "ttft_ms": round(ex.ttft_s * 1000, 3) if ex.ttft_s is not None else None,
+                    "prompt_tokens": usage.prompt_tokens if usage else 0,
+                    "completion_tokens": usage.completion_tokens if usage else 0,
+                }
             )
 
     async def _refuse(
@@ -297,6 +294,9 @@ class GatewayApp:
         metrics = self.gw.metrics
         metrics.series(model, "", "", status).requests.inc()
         metrics.error(model, code)
+        if access_log.isEnabledFor(logging.INFO):
+            request_id = headers[0][1].decode("latin-1") if headers else ""
+            _log_access({"request_id": request_id, "model": model, "status": status, "cause": code})
         await send_json(send, status, json_error(message, type_, code, param), headers)
 
     async def _models(self, send: Send) -> None:
@@ -320,6 +320,10 @@ class GatewayApp:
                 await self.gw.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def _log_access(fields: dict[str, object]) -> None:
+    access_log.info(orjson.dumps({"ts": time.time(), **fields}).decode())
 
 
 class _TooLarge(Exception):
