@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from computenet.api import (
     Provider,
     Route,
     Tenant,
+    UsageRecord,
     hash_key,
     load_file,
 )
@@ -46,7 +47,9 @@ from computenet.gateway.limits import (
     RedisBudgetLedger,
     RedisRateLimiter,
 )
+from computenet.gateway.metering import UsageMeter
 from computenet.gateway.tracing import Tracer
+from computenet.store import ResourceStore
 
 ARGS_ENV = "COMPUTENET_GATEWAY_ARGS"
 STATIC_DEPLOYMENT = "upstream"
@@ -84,6 +87,11 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--queue-timeout", type=float, default=30.0, help="seconds a request may wait (default 30)"
     )
+    p.add_argument(
+        "--usage-db",
+        metavar="URL",
+        help="write usage records to this database (sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...)",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--access-log",
@@ -106,6 +114,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         "queue_size": args.queue_size,
         "queue_timeout": args.queue_timeout,
         "access_log": args.access_log,
+        "usage_db": args.usage_db,
     }
     try:
         _check(args)
@@ -215,12 +224,28 @@ def _guards(settings: dict[str, Any]) -> Guards:
         ledger = RedisBudgetLedger(redis_url, failure_mode=mode)
     else:
         limiter, ledger = MemoryRateLimiter(), MemoryBudgetLedger()
+    meter = None
+    if settings.get("usage_db"):
+        meter = UsageMeter(StoreSink(settings["usage_db"]))
     gates = None
     if settings.get("max_in_flight"):
         gates = Gates(
             max_queue=settings.get("queue_size", 1024), max_wait_s=settings.get("queue_timeout", 30.0)
         )
-    return Guards(limiter=limiter, ledger=ledger, gates=gates)
+    return Guards(limiter=limiter, ledger=ledger, gates=gates, meter=meter)
+
+
+class StoreSink:
+    """The usage table of a store at `url`, opened on the first write (from the meter's own task)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: ResourceStore | None = None
+
+    async def write_usage(self, records: Sequence[UsageRecord]) -> None:
+        if self._store is None:
+            self._store = await ResourceStore.open(self.url)
+        await self._store.usage.write_usage(records)
 
 
 def declared_key(doc: DeclaredKey) -> ApiKey:

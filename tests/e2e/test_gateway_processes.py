@@ -162,3 +162,38 @@ async def test_keys_from_the_file_work_on_both_gateways_and_others_do_not(fleet:
             )
             none = await client.post(f"{url}/v1/chat/completions", json=body)
             assert (good.status_code, bad.status_code, none.status_code) == (200, 401, 401)
+
+
+async def test_a_standalone_gateway_writes_every_usage_record_before_it_exits(tmp_path: Path) -> None:
+    from computenet.store import ResourceStore
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    sim_port, port = free_port(), free_port()
+    sim = [sys.executable, "-m", "computenet.engines.sim", "--model", "m", "--port", str(sim_port)]
+    gateway = [sys.executable, "-m", "computenet", "gateway", "--port", str(port), "--model", "m"]
+    gateway += ["--upstream", f"http://127.0.0.1:{sim_port}", "--usage-db", db, "--no-access-log"]
+    procs = [
+        _start([*sim, "--time-scale", "200"], dict(os.environ), tmp_path / "sim.log"),
+        _start(gateway, dict(os.environ), tmp_path / "gateway.log"),
+    ]
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for target in (f"http://127.0.0.1:{sim_port}", url):
+            wait_for(lambda t=target: _healthy(t) or _exited(procs), 30, f"{target} to answer")  # type: ignore[misc]
+        body = {"model": "m", "messages": [{"role": "user", "content": "count me"}], "max_tokens": 4}
+        async with httpx.AsyncClient(timeout=30) as client:
+            replies = [await client.post(f"{url}/v1/chat/completions", json=body) for _ in range(7)]
+        sent = sum(r.json()["usage"]["total_tokens"] for r in replies)
+        procs[1].terminate()  # SIGTERM at once: the records are still in the meter's queue
+        # uvicorn shuts down gracefully, then re-raises the signal so supervisors see why it ended.
+        assert procs[1].wait(timeout=20) in (0, -15)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
+    store = await ResourceStore.open(db)
+    try:
+        (total,) = await store.usage.totals()
+    finally:
+        await store.close()
+    assert total.requests == 7 and total.prompt_tokens + total.completion_tokens == sent

@@ -212,3 +212,35 @@ def test_least_outstanding_prefers_the_idle_replica_and_shares_ties() -> None:
     assert {policy.pick("m", eps, load).replica for _ in range(3)} == {"r0", "r1", "r2"}
     load.release("r1")
     assert policy.pick("m", eps, load).replica == "r1"
+
+
+async def test_embeddings_pass_through_with_unknown_fields_untouched() -> None:
+    seen: list[dict[str, object]] = []
+
+    async def embed(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [{"embedding": [0.1, 0.2]}],
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/embeddings", embed)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with gateway_with(f"http://127.0.0.1:{port}") as (client, _):
+            body = {"model": "m", "input": "hello", "encoding_format": "float", "x-vendor": {"a": 1}}
+            resp = await client.post("/v1/embeddings", json=body)
+            missing = await client.post("/v1/embeddings", json={"model": "m"})
+    finally:
+        await runner.cleanup()
+    assert resp.status_code == 200 and resp.json()["data"][0]["embedding"] == [0.1, 0.2]
+    assert seen == [body]
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "input"

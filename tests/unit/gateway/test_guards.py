@@ -218,3 +218,22 @@ async def test_saturated_model_queues_by_priority_and_sheds_the_lowest() -> None
         release.set()
         assert await asyncio.gather(first, mid, high) == [200, 200, 200]
     assert order == ["first", "high", "mid"]
+
+
+@pytest.mark.parametrize(("mode", "status"), [("open", 200), ("closed", 503)])
+async def test_an_unreachable_redis_fails_open_or_closed_as_configured(mode: str, status: int) -> None:
+    from computenet.gateway.limits import RedisRateLimiter
+    from computenet.pools.processes import free_port
+
+    text, k = key(limits=KeyLimits(requests_per_minute=100))
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nobody listens there
+    guards = Guards(limiter=RedisRateLimiter(dead, failure_mode=mode))  # type: ignore[arg-type]
+    gw = Gateway(keys=KeyBook([k]), guards=guards)
+    async with serve(create_sim_app(SimConfig(model="m", time_scale=50))) as url:
+        await gw.registry.publish("m", [Endpoint("m-0", "m", "m", url)], model="m", policy="round_robin")
+        async with serve(GatewayApp(gw)) as gurl, httpx.AsyncClient(base_url=gurl) as client:
+            resp = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(text))
+        await gw.close()
+    assert resp.status_code == status
+    if status == 503:
+        assert resp.json()["error"]["code"] == "limiter_unavailable" and resp.headers["retry-after"] == "1"
