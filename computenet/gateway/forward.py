@@ -133,7 +133,7 @@ class Forwarder:
                     if exc.retry_after_s is not None:
                         retry_afters.append(exc.retry_after_s)
                     log.warning("request %s: attempt on %s failed: %s", ex.request_id, upstream.replica, exc)
-                if upstream.model is not None:  # a provider model is one upstream: on to the next backend
+                if backend.upstream is not None:  # a provider model is one upstream: on to the next backend
                     break
         await self._give_up(ex, send, errors, all_429 and bool(retry_afters or errors), retry_afters)
 
@@ -153,7 +153,7 @@ class Forwarder:
 
     async def _attempt(self, ex: Exchange, backend: Backend, up: Upstream, send: Send) -> None:
         breaker = self.breakers.get(up.replica)
-        body = ex.body if up.model is None else _with_model(ex.body, up.model)
+        body = ex.body if up.model is None or up.model == ex.model else _with_model(ex.body, up.model)
         headers = ex.headers + list(up.headers) if up.headers else ex.headers
         self.load.acquire(up.replica)
         resp: UpstreamResponse | None = None

@@ -28,7 +28,7 @@ class Upstream:
     region: str
     # e.g. the provider's Authorization; kept out of repr so that no log line can show it
     headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
-    model: str | None = None  # rewrite the body's `model` to this; None leaves it as sent
+    model: str | None = None  # the name this upstream serves; a body naming another is rewritten
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ class EndpointRegistry:
                 backend=f"deployment/{deployment}",
                 endpoint=e.replica,
                 region=self._region_of(e),
+                model=model,  # what the replicas answer to; a Route's public name is rewritten to it
             )
             for e in endpoints
         )

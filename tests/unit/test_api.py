@@ -108,7 +108,9 @@ def test_kind_aliases(typed: str, kind: str) -> None:
 
 
 def test_unknown_kind_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="use one of: apikeys, deployments, models, pools, providers, routes, tenants"):
+    with pytest.raises(
+        ValueError, match="use one of: apikeys, deployments, models, pools, providers, routes, tenants"
+    ):
         kind_from_user("gizmos")
 
 

@@ -275,3 +275,19 @@ async def test_a_body_over_the_limit_is_refused_with_413() -> None:
             )
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "body_too_large"
     assert ok.status_code == 200
+
+
+async def test_a_route_rewrites_its_public_name_to_the_deployments_model() -> None:
+    route = """
+apiVersion: computenet.io/v1
+kind: Route
+metadata: {name: chat}
+spec: {targets: [{deployment: llama}]}
+"""
+    async with serve(create_sim_app(SimConfig(model="llama", time_scale=50))) as url:
+        routes, _ = manifest("http://127.0.0.1:9/v1", route)
+        async with gateway(routes, [], {"llama": url}) as (client, _gw):
+            via_route = await client.post("/v1/chat/completions", json=CHAT)
+            direct = await client.post("/v1/chat/completions", json={**CHAT, "model": "llama"})
+    assert via_route.status_code == 200 and direct.status_code == 200
+    assert via_route.json()["model"] == "llama"
