@@ -94,29 +94,25 @@ class GatewayMetrics:
         return found
 
     def error(self, model: str, cause: str) -> None:
-        key = (model, cause)
-        child = self._errors.get(key)
-        if child is None:
-            child = self._errors[key] = self.errors.labels(model, cause)
-        child.inc()
+        _child(self._errors, self.errors, (model, cause)).inc()
 
     def attempt(self, backend: str, outcome: str) -> None:
-        key = (backend, outcome)
-        child = self._attempts.get(key)
-        if child is None:
-            child = self._attempts[key] = self.attempts.labels(backend, outcome)
-        child.inc()
+        _child(self._attempts, self.attempts, (backend, outcome)).inc()
 
     def inter_token(self, model: str, backend: str, seconds: float) -> None:
-        key = (model, backend)
-        child = self._itl.get(key)
-        if child is None:
-            child = self._itl[key] = self.itl.labels(model, backend)
-        child.observe(seconds)
+        _child(self._itl, self.itl, (model, backend)).observe(seconds)
 
     def add_gauges(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
         """A gauge family computed at scrape time from state the gateway keeps anyway."""
         self.registry.register(_ScrapeGauge(name, doc, label, read))
+
+
+def _child(cache: dict[tuple[str, str], Any], metric: Any, key: tuple[str, str]) -> Any:
+    """`metric.labels(*key)`, looked up once per label set."""
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*key)
+    return child
 
 
 class _ScrapeGauge(Collector):

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from aiohttp import web
 
 from computenet.pools.processes import free_port
 
@@ -26,3 +27,20 @@ async def serve(app: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@contextlib.asynccontextmanager
+async def serve_aiohttp(app: web.Application, *, cancel_on_disconnect: bool = False) -> AsyncIterator[str]:
+    """An aiohttp app on a free 127.0.0.1 port: the quickest way to script an upstream's behaviour.
+
+    `cancel_on_disconnect` stops a handler as soon as its client goes away, as vLLM's server does.
+    """
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=cancel_on_disconnect)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -18,7 +18,7 @@ from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
 from computenet.gateway.policies import LeastOutstanding, LoadTracker, RoundRobin
 from computenet.pools.processes import free_port
 
-from ..servers import serve
+from ..servers import serve, serve_aiohttp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -29,15 +29,8 @@ async def upstream(handler: Handler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handler)
     # Like vLLM's server, stop the handler as soon as the client (here: the gateway) goes away.
-    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_aiohttp(app, cancel_on_disconnect=True) as url:
+        yield url
 
 
 @contextlib.asynccontextmanager
@@ -229,18 +222,10 @@ async def test_embeddings_pass_through_with_unknown_fields_untouched() -> None:
 
     app = web.Application()
     app.router.add_post("/v1/embeddings", embed)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with gateway_with(f"http://127.0.0.1:{port}") as (client, _):
-            body = {"model": "m", "input": "hello", "encoding_format": "float", "x-vendor": {"a": 1}}
-            resp = await client.post("/v1/embeddings", json=body)
-            missing = await client.post("/v1/embeddings", json={"model": "m"})
-    finally:
-        await runner.cleanup()
+    async with serve_aiohttp(app) as url, gateway_with(url) as (client, _):
+        body = {"model": "m", "input": "hello", "encoding_format": "float", "x-vendor": {"a": 1}}
+        resp = await client.post("/v1/embeddings", json=body)
+        missing = await client.post("/v1/embeddings", json={"model": "m"})
     assert resp.status_code == 200 and resp.json()["data"][0]["embedding"] == [0.1, 0.2]
     assert seen == [body]
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "input"

@@ -21,7 +21,7 @@ from computenet.gateway.auth import KeyBook
 from computenet.gateway.guards import Guards
 from computenet.gateway.limits import MemoryBudgetLedger, MemoryRateLimiter
 
-from ..servers import serve
+from ..servers import serve, serve_aiohttp
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 
@@ -177,16 +177,11 @@ async def held_upstream() -> AsyncIterator[tuple[str, asyncio.Event, list[str]]]
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", release, order
+        async with serve_aiohttp(app) as url:
+            yield url, release, order
     finally:
         release.set()
-        await runner.cleanup()
 
 
 async def test_saturated_model_queues_by_priority_and_sheds_the_lowest() -> None:

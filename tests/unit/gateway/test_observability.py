@@ -16,7 +16,7 @@ from computenet.api import ApiKey, Endpoint, hash_key, mint_key
 from computenet.gateway import Gateway, GatewayApp
 from computenet.gateway.auth import KeyBook
 
-from ..servers import serve
+from ..servers import serve, serve_aiohttp
 
 SECRET_PROMPT = "my password is hunter2"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -41,15 +41,8 @@ async def recording_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", headers
-    finally:
-        await runner.cleanup()
+    async with serve_aiohttp(app) as url:
+        yield url, headers
 
 
 async def test_metrics_traces_and_access_log(caplog: pytest.LogCaptureFixture) -> None:

@@ -23,7 +23,7 @@ from computenet.engines.sim.server import create_app as create_sim_app
 from computenet.gateway import ConfigError, Gateway, GatewayApp
 from computenet.gateway.resilience import BreakerState
 
-from ..servers import serve
+from ..servers import serve, serve_aiohttp
 
 PROVIDER_KEY = "sk-test-provider-secret"
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 4}
@@ -64,15 +64,8 @@ async def provider(*, usage: bool = True) -> AsyncIterator[tuple[str, list[dict[
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/v1", seen
-    finally:
-        await runner.cleanup()
+    async with serve_aiohttp(app, cancel_on_disconnect=True) as url:
+        yield f"{url}/v1", seen
 
 
 @contextlib.asynccontextmanager
@@ -96,15 +89,8 @@ async def dying_replica() -> AsyncIterator[tuple[str, asyncio.Event]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}", dead
-    finally:
-        await runner.cleanup()
+    async with serve_aiohttp(app) as url:
+        yield url, dead
 
 
 def manifest(provider_url: str, route: str) -> tuple[list[Route], list[Provider]]:
