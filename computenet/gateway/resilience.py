@@ -74,7 +74,9 @@ class CircuitBreaker:
         return True
 
     def success(self) -> None:
-        if self.state is not BreakerState.CLOSED:
+        if self.state is BreakerState.OPEN:
+            return  # a request sent before it opened; only the half-open probe may close it
+        if self.state is BreakerState.HALF_OPEN:
             self.state = BreakerState.CLOSED
             self._open_for = self._settings.open_s
             self._probing = False
@@ -89,6 +91,8 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN:
             self._open(min(self._open_for * 2, s.max_open_s))
             return
+        if self.state is BreakerState.OPEN:
+            return  # already out of rotation; a late failure changes nothing
         self._streak += 1
         self._count(failed=True)
         if self._streak >= s.consecutive_failures or (

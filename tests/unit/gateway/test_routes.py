@@ -277,3 +277,28 @@ spec: {targets: [{deployment: llama}]}
             direct = await client.post("/v1/chat/completions", json={**CHAT, "model": "llama"})
     assert via_route.status_code == 200 and direct.status_code == 200
     assert via_route.json()["model"] == "llama"
+
+
+async def test_the_routes_deadline_answers_504_and_frees_the_replica() -> None:
+    route = """
+apiVersion: computenet.io/v1
+kind: Route
+metadata: {name: chat}
+spec: {targets: [{deployment: slow}], timeoutSeconds: 0.3}
+"""
+    stalled = asyncio.Event()
+
+    async def chat(request: web.Request) -> web.Response:
+        stalled.set()
+        await asyncio.sleep(30)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    async with serve_aiohttp(app, cancel_on_disconnect=True) as url:
+        routes, _ = manifest("http://127.0.0.1:9/v1", route)
+        async with gateway(routes, [], {"slow": url}) as (client, gw):
+            resp = await client.post("/v1/chat/completions", json=CHAT)
+            assert gw.forwarder.load.outstanding("slow-0") == 0
+    assert stalled.is_set()
+    assert resp.status_code == 504 and resp.json()["error"]["code"] == "deadline_exceeded"
