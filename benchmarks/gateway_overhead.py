@@ -184,7 +184,7 @@ def account(result: dict[str, Any], before: list[float], after: list[float], gat
     if gateway and done:
         result["gateway_cpu_s"] = round(delta[1], 4)
         result["cpu_ms_per_request"] = round(delta[1] * 1000 / done, 4)
-    if elapsed >= 2:  # /proc/stat counts 10 ms ticks: a shorter phase gives noise about noise
+    if elapsed >= 0.5:  # /proc/stat counts 10 ms ticks: in a shorter phase the gauge is all noise
         # Busy time of the whole machine that none of ours explains: other work on a shared VM.
         result["other_cpu_pct"] = round(max(0.0, delta[0] - sum(delta[1:])) / elapsed * 100, 1)
 
@@ -261,6 +261,7 @@ def measure(name: str, args: argparse.Namespace, upstream: Endpoint, workdir: Pa
             print(f"  {short(result)}", file=sys.stderr, flush=True)
         if endpoint.gateway_pid:
             out["rss_mib"] = round(proctree.tree_rss_mib(endpoint.gateway_pid), 1)
+            out["pss_mib"] = round(proctree.tree_pss_mib(endpoint.gateway_pid), 1)
             out["processes"] = len(proctree.tree(endpoint.gateway_pid))
             if name == "computenet" and args.soak_seconds > 0:
                 out["soak"] = soak(endpoint, args)

@@ -77,6 +77,22 @@ def tree_cpu_s(root: int) -> float:
     return sum(cpu_ns(pid) for pid in tree(root)) / 1e9
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: a page shared by N processes counts 1/N in each."""
+    try:
+        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def tree_rss_mib(root: int) -> float:
     """Summed VmRSS: pages shared between forked workers count once per worker."""
     return sum(rss_kib(pid) for pid in tree(root)) / 1024
+
+
+def tree_pss_mib(root: int) -> float:
+    """Summed PSS: what the tree really holds when its workers share pages."""
+    return sum(pss_kib(pid) for pid in tree(root)) / 1024
