@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 
 from computenet.api import (
+    AnyResource,
     ApiKey,
     DeclaredKey,
     Endpoint,
@@ -185,7 +186,7 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
     keys = [declared_key(r) for r in resources if isinstance(r, DeclaredKey)]
     gateway = Gateway(
         keys=KeyBook(keys, required=bool(settings.get("require_key"))),
-        guards=_guards(settings),
+        guards=_guards(settings, limited=_declares_limits(resources)),
         tracer=Tracer.from_env(),
         max_in_flight_per_endpoint=settings.get("max_in_flight"),
     )
@@ -214,15 +215,28 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
     return GatewayApp(gateway)
 
 
-def _guards(settings: dict[str, Any]) -> Guards:
+def _declares_limits(resources: Sequence[AnyResource]) -> bool:
+    """Whether any Tenant, APIKey or Route of the file limits rates or spend."""
+    for r in resources:
+        if isinstance(r, Tenant) and (r.spec.limits or r.spec.budget):
+            return True
+        if isinstance(r, DeclaredKey) and (r.spec.limits or r.spec.budget):
+            return True
+        if isinstance(r, Route) and r.spec.limits:
+            return True
+    return False
+
+
+def _guards(settings: dict[str, Any], *, limited: bool) -> Guards:
+    """Only what the file asks for: a gateway that limits nothing does no limiter work per request."""
     redis_url = settings.get("redis")
-    limiter: RateLimiter
-    ledger: BudgetLedger
+    limiter: RateLimiter | None = None
+    ledger: BudgetLedger | None = None
     if redis_url:
         mode = settings.get("failure_mode", "open")
         limiter = RedisRateLimiter(redis_url, failure_mode=mode)
         ledger = RedisBudgetLedger(redis_url, failure_mode=mode)
-    else:
+    elif limited:
         limiter, ledger = MemoryRateLimiter(), MemoryBudgetLedger()
     meter = None
     if settings.get("usage_db"):
