@@ -118,10 +118,15 @@ def usage_of(payload: Any) -> Usage | None:
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return Usage(
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        cached_tokens=int(cached or 0),
+        prompt_tokens=_count(usage.get("prompt_tokens")),
+        completion_tokens=_count(usage.get("completion_tokens")),
+        cached_tokens=_count(cached),
     )
+
+
+def _count(value: Any) -> int:
+    """A token count as a backend reported it; anything but a non-negative number counts as 0."""
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else 0
 
 
 def complete_json(body: bytes, prompt_estimate: int) -> tuple[bytes, Usage]:
@@ -133,18 +138,20 @@ def complete_json(body: bytes, prompt_estimate: int) -> tuple[bytes, Usage]:
     usage = usage_of(payload)
     if usage is not None:
         return body, usage
+    if not isinstance(payload, dict):
+        return body, Usage(prompt_estimate, 0, 0, estimated=True)
+    choices = payload.get("choices")
     completion = 0
-    for choice in payload.get("choices") or () if isinstance(payload, dict) else ():
+    for choice in choices if isinstance(choices, list) else ():
         if isinstance(choice, dict):
             completion += estimate_tokens(choice.get("message") or choice.get("text") or "")
     usage = Usage(prompt_estimate, completion, 0, estimated=True)
-    if isinstance(payload, dict):
-        payload["usage"] = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }
-        body = orjson.dumps(payload)
+    payload["usage"] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+    body = orjson.dumps(payload)
     return body, usage
 
 

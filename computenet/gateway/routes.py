@@ -63,7 +63,12 @@ def provider_upstreams(provider: Provider, environ: Mapping[str, str] | None = N
     if spec.api_key is not None:
         headers.append((b"Authorization", b"Bearer " + _read_secret(provider).encode()))
     headers += [(k.encode(), v.encode()) for k, v in spec.headers.items()]
-    origin = Origin.parse(spec.base_url)
+    try:
+        origin = Origin.parse(spec.base_url)
+    except ValueError as exc:
+        raise ConfigError(
+            f"Provider {provider.name!r} spec.baseUrl: {exc}; give https://host[:port]/v1"
+        ) from None
     # The base URL usually ends in /v1 and request paths start with it: keep one.
     origin = Origin(origin.scheme, origin.host, origin.port, origin.base_path.removesuffix("/v1"))
     return {

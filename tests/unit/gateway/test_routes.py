@@ -302,3 +302,28 @@ spec: {targets: [{deployment: slow}], timeoutSeconds: 0.3}
             assert gw.forwarder.load.outstanding("slow-0") == 0
     assert stalled.is_set()
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_a_provider_url_without_a_host_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_PROVIDER_KEY", PROVIDER_KEY)
+    routes, providers = manifest("https:///v1", FALLBACK_ROUTE)
+    with pytest.raises(
+        ConfigError, match=r"Provider 'hosted' spec.baseUrl: 'https:///v1' is not an http\(s\) URL"
+    ):
+        Gateway().configure(routes, providers)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"choices": 3}',
+        b'{"choices": [], "usage": {"prompt_tokens": "many", "completion_tokens": null}}',
+        b"[1, 2]",
+        b"not json",
+    ],
+)
+def test_odd_backend_answers_get_a_usage_estimate_not_an_error(answer: bytes) -> None:
+    from computenet.gateway.openai import complete_json
+
+    _, usage = complete_json(answer, prompt_estimate=7)
+    assert usage.prompt_tokens in (0, 7) and usage.completion_tokens == 0
