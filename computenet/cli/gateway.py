@@ -52,6 +52,8 @@ from computenet.gateway.metering import UsageMeter
 from computenet.gateway.tracing import Tracer
 from computenet.store import ResourceStore
 
+from .main import port_number
+
 ARGS_ENV = "COMPUTENET_GATEWAY_ARGS"
 STATIC_DEPLOYMENT = "upstream"
 
@@ -62,7 +64,7 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--model", help="public model name served by --upstream")
     p.add_argument("--upstream", help="comma-separated base URLs of OpenAI-compatible servers")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=4000, help="port (default 4000)")
+    p.add_argument("--port", type=port_number, default=4000, help="port (default 4000)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
     p.add_argument(
         "--require-key", action="store_true", help="refuse requests without a key even if none is declared"
@@ -119,20 +121,27 @@ def run_gateway(args: argparse.Namespace) -> int:
     }
     try:
         _check(args)
-        build_app(settings)  # fail here, with a clear message, rather than in every worker
+        app = build_app(settings)  # fail here, with a clear message, rather than in every worker
     except (ManifestError, ConfigError, ValueError) as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
-    os.environ[ARGS_ENV] = json.dumps(settings)
-    auth = "on" if settings["require_key"] or _declares_keys(settings) else "off (no APIKey declared)"
+    auth = "on" if app.gw.keys.enabled else "off (no APIKey declared)"
     print(
         f"computenet gateway on http://{args.host}:{args.port}/v1  workers={args.workers}  auth={auth}",
         flush=True,
     )
+    if args.workers == 1:
+        if args.access_log:
+            _log_access_to_stderr()
+        target: GatewayApp | str = app
+    else:
+        # Each worker process imports the app anew: the settings travel in the environment.
+        os.environ[ARGS_ENV] = json.dumps(settings)
+        target = "computenet.cli.gateway:app_from_env"
     uvicorn.run(
-        "computenet.cli.gateway:app_from_env",
-        factory=True,
+        target,
+        factory=args.workers > 1,
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -154,8 +163,6 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--model and --upstream go together: the name clients use, and where it is served")
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be 1-65535, got {args.port}")
     if args.max_in_flight is not None and args.max_in_flight < 1:
         raise ValueError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
     if args.queue_size < 0 or args.queue_timeout <= 0:
@@ -291,9 +298,3 @@ def declared_key(doc: DeclaredKey) -> ApiKey:
             budget_period=budget.period if budget else "month",
         ),
     )
-
-
-def _declares_keys(settings: dict[str, Any]) -> bool:
-    if not settings.get("filename"):
-        return False
-    return any(isinstance(r, DeclaredKey) for r in load_file(settings["filename"]))

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "-f", "--filename", type=Path, default=BUNDLED_DEMO, help="manifest to apply (default: demo)"
     )
-    up.add_argument("--port", type=_port, default=8080, help="port of the gateway and control API")
+    up.add_argument("--port", type=port_number, default=8080, help="port of the gateway and control API")
     up.add_argument("--host", default="127.0.0.1", help="address to listen on")
     up.add_argument(
         "--auth", action="store_true", help="require API keys (an admin key is made on first start)"
@@ -164,7 +164,7 @@ def cmd_version(client: ControlClient, _args: argparse.Namespace) -> None:
         print(f"Server Version: <unreachable at {client.server}>")
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"must be a port number 1-65535, got {text!r}")
     return int(text)
