@@ -14,6 +14,8 @@ import hmac
 import secrets
 from dataclasses import dataclass, field
 
+from .tenants import BudgetPeriod
+
 KEY_PREFIX = "cn-"
 KEY_ID_BYTES = 6  # 12 hex characters: unique enough to name a key, too short to guess a secret
 SECRET_BYTES = 24
@@ -26,7 +28,7 @@ class KeyLimits:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     budget_usd: float | None = None
-    budget_period: str = "month"  # "day" | "month" | "total"
+    budget_period: BudgetPeriod = "month"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from computenet.api import Provider, Route
 
-from .asgi import Receive, Scope, Send, json_error, send_json
+from .asgi import ASGIApp, Receive, Scope, Send, json_error, send_json
 from .auth import AuthFailure, KeyBook
 from .forward import Exchange, Forwarder
 from .guards import Guards, Refusal
@@ -85,9 +85,15 @@ class Gateway:
             lambda: {k: float(v) for k, v in self.breakers.states().items()},
         )
         self.guards.register_metrics(self.metrics)
+        # Replicas come and go under new names: drop the breakers of those that are gone.
+        self.registry.on_change(self._forget_gone)
 
     def configure(self, routes: Sequence[Route] = (), providers: Sequence[Provider] = ()) -> None:
         self.table.configure(routes, providers)
+        self._forget_gone()
+
+    def _forget_gone(self) -> None:
+        self.breakers.forget(self.table.replicas())
 
     async def start(self) -> None:
         await self.guards.start()
@@ -105,7 +111,7 @@ class Gateway:
 class GatewayApp:
     """The ASGI callable. Paths it does not own go to `fallback` (the control API in `up`)."""
 
-    def __init__(self, gateway: Gateway, fallback: object | None = None) -> None:
+    def __init__(self, gateway: Gateway, fallback: ASGIApp | None = None) -> None:
         self.gw = gateway
         self.fallback = fallback
 
@@ -131,7 +137,7 @@ class GatewayApp:
         elif path in ("/health", "/healthz") and method == "GET":
             await send_json(send, 200, b'{"status":"ok"}')
         elif self.fallback is not None:
-            await self.fallback(scope, receive, send)  # type: ignore[operator]
+            await self.fallback(scope, receive, send)
         else:
             message = (
                 f"no route for {method} {path}; the gateway serves /v1/chat/completions, "

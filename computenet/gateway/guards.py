@@ -234,8 +234,7 @@ def _limits(plan: RoutePlan, key: ApiKey | None, tenant: Tenant | None) -> list[
 def _caps(key: ApiKey | None, tenant: Tenant | None) -> list[BudgetCap]:
     caps = []
     if key is not None and key.limits.budget_usd is not None:
-        period = key.limits.budget_period
-        caps.append(BudgetCap(f"key:{key.key_id}", key.limits.budget_usd, period))  # type: ignore[arg-type]
+        caps.append(BudgetCap(f"key:{key.key_id}", key.limits.budget_usd, key.limits.budget_period))
     if tenant is not None and tenant.spec.budget is not None:
         caps.append(
             BudgetCap(f"tenant:{tenant.name}", tenant.spec.budget.limit_usd, tenant.spec.budget.period)

@@ -34,7 +34,6 @@ class ParsedRequest:
     stream: bool
     max_tokens: int
     prompt_tokens_estimate: int
-    client_wants_usage: bool  # streams: whether the client itself asked for the usage chunk
 
 
 _KINDS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input"}
@@ -60,15 +59,16 @@ def parse_request(path: str, body: bytes) -> ParsedRequest:
     if not isinstance(stream, bool):
         raise BadRequest("`stream` must be true or false", "stream")
     max_tokens = _max_tokens(payload)
-    wants_usage = False
     if stream:
         options = payload.get("stream_options")
         if options is not None and not isinstance(options, dict):
             raise BadRequest("`stream_options` must be an object", "stream_options")
-        wants_usage = bool(options and options.get("include_usage"))
         if options is None:
             body = _splice_stream_options(body)
-    return ParsedRequest(body, model, stream, max_tokens, estimate_tokens(content), wants_usage)
+        elif not options.get("include_usage"):  # rare: worth re-serialising to get real usage
+            payload["stream_options"] = {**options, "include_usage": True}
+            body = orjson.dumps(payload)
+    return ParsedRequest(body, model, stream, max_tokens, estimate_tokens(content))
 
 
 def _max_tokens(payload: dict[str, Any]) -> int:

@@ -77,6 +77,10 @@ class EndpointRegistry:
         """Deployments serving `model` (the name their replicas answer to), by name."""
         return self._by_model.get(model, ())
 
+    def replicas(self) -> set[str]:
+        """The key of every published upstream."""
+        return {u.replica for pub in self._deployments.values() for u in pub.upstreams}
+
     def models(self) -> list[str]:
         return sorted(self._by_model)
 

@@ -139,6 +139,16 @@ class RouteTable:
             )
         self._explicit = plans
 
+    def replicas(self) -> set[str]:
+        """The key of every upstream a request may reach now: replicas and provider models."""
+        declared = {
+            b.upstream.replica
+            for plan in self._explicit.values()
+            for b in plan.targets + plan.fallbacks
+            if b.upstream is not None
+        }
+        return declared | self.registry.replicas()
+
     def lookup(self, model: str) -> RoutePlan | None:
         return self._explicit.get(model) or self._implicit.get(model)
 

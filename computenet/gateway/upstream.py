@@ -23,7 +23,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
@@ -31,7 +31,6 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 MAX_IDLE_PER_ORIGIN = 256
 
 
@@ -232,7 +231,7 @@ class _Connection(asyncio.Protocol):
 
 
 class UpstreamResponse:
-    """Status and headers of an answer; the body is read with `read()` or `iter_chunks()`.
+    """Status and headers of an answer; the body is read with `read()` or `next_chunk()`.
 
     Call `release()` when done with it (it returns the connection to the pool when the
     body was read to its end, and closes it otherwise).
@@ -260,10 +259,6 @@ class UpstreamResponse:
 
     async def next_chunk(self) -> bytes | None:
         return await self._conn.next_chunk()
-
-    async def iter_chunks(self) -> AsyncIterator[bytes]:
-        while (chunk := await self._conn.next_chunk()) is not None:
-            yield chunk
 
     def release(self) -> None:
         conn = self._conn

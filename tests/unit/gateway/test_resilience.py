@@ -92,3 +92,19 @@ def test_retry_after_header_values() -> None:
     assert parse_retry_after(b"0.5") == 0.5
     assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert parse_retry_after(None) is None
+
+
+async def test_breakers_of_withdrawn_replicas_are_forgotten() -> None:
+    from computenet.api import Endpoint
+    from computenet.gateway import Gateway
+
+    gw = Gateway()
+    await gw.registry.publish(
+        "d", [Endpoint("d-0", "d", "m", "http://127.0.0.1:9")], model="m", policy="round_robin"
+    )
+    gw.breakers.get("d-0").failure()
+    assert "d-0" in gw.breakers.states()
+    await gw.registry.publish(
+        "d", [Endpoint("d-1", "d", "m", "http://127.0.0.1:9")], model="m", policy="round_robin"
+    )
+    assert "d-0" not in gw.breakers.states()

@@ -327,3 +327,13 @@ def test_odd_backend_answers_get_a_usage_estimate_not_an_error(answer: bytes) ->
 
     _, usage = complete_json(answer, prompt_estimate=7)
     assert usage.prompt_tokens in (0, 7) and usage.completion_tokens == 0
+
+
+def test_streams_ask_the_backend_for_usage_even_with_other_stream_options() -> None:
+    import orjson
+
+    from computenet.gateway.openai import parse_request
+
+    body = b'{"model": "m", "messages": [], "stream": true, "stream_options": {"x": 1}, "seed": 3}'
+    sent = orjson.loads(parse_request("/v1/chat/completions", body).body)
+    assert sent["stream_options"] == {"x": 1, "include_usage": True} and sent["seed"] == 3
