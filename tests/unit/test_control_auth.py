@@ -13,6 +13,7 @@ from computenet.api import UsageRecord
 from computenet.control import create_control_app
 from computenet.store import ResourceStore, sqlite_url
 
+from .records import usage_record
 from .test_control_api import NoReplicas
 
 
@@ -144,20 +145,4 @@ def _bearer(text: str) -> dict[str, str]:
 
 
 def _record(request_id: str, started_at: float, tenant: str) -> UsageRecord:
-    return UsageRecord(
-        request_id=request_id,
-        started_at=started_at,
-        tenant=tenant,
-        key_id="k",
-        model="llm",
-        backend="deployment/web",
-        endpoint="web-0",
-        region="local",
-        prompt_tokens=10,
-        cached_tokens=0,
-        completion_tokens=5,
-        cost_usd=0.5,
-        ttft_s=None,
-        latency_s=0.2,
-        status=200,
-    )
+    return usage_record(request_id, started_at=started_at, tenant=tenant, latency_s=0.2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -16,29 +15,16 @@ from computenet.api import UsageRecord
 from computenet.store import ResourceStore, UsageTotal, sqlite_url
 from computenet.store.usage import _INSERT_OR_IGNORE
 
+from .records import usage_record
+
 DAY1 = datetime(2026, 11, 1, 23, 59, 58, tzinfo=UTC).timestamp()  # two seconds before midnight UTC
 DAY2 = datetime(2026, 11, 2, 0, 0, 1, tzinfo=UTC).timestamp()
 
 
 def _record(request_id: str, started_at: float = DAY1, **fields: Any) -> UsageRecord:
-    base = UsageRecord(
-        request_id=request_id,
-        started_at=started_at,
-        tenant="acme",
-        key_id="k1",
-        model="llm",
-        backend="deployment/web",
-        endpoint="web-0",
-        region="local",
-        prompt_tokens=100,
-        cached_tokens=40,
-        completion_tokens=10,
-        cost_usd=0.25,
-        ttft_s=0.05,
-        latency_s=1.0,
-        status=200,
-    )
-    return dataclasses.replace(base, **fields)
+    typical = {"key_id": "k1", "prompt_tokens": 100, "cached_tokens": 40, "completion_tokens": 10}
+    typical |= {"cost_usd": 0.25, "ttft_s": 0.05, "latency_s": 1.0}
+    return usage_record(request_id, started_at=started_at, **{**typical, **fields})
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from computenet.cli.main import main
 from computenet.control import create_control_app
 from computenet.store import ResourceStore, sqlite_url
 
+from ..records import usage_record
 from ..servers import serve
 from ..test_control_api import NoReplicas
 
@@ -250,20 +251,13 @@ def _record(
     cost_usd: float = 0.5,
     latency_s: float = 0.5,
 ) -> UsageRecord:
-    return UsageRecord(
-        request_id=request_id,
+    return usage_record(
+        request_id,
         started_at=started_at,
         tenant=tenant,
-        key_id="k",
         model=model,
-        backend="deployment/web",
-        endpoint="web-0",
-        region="local",
-        prompt_tokens=10,
-        cached_tokens=2,
-        completion_tokens=5,
-        cost_usd=cost_usd,
-        ttft_s=None,
-        latency_s=latency_s,
         status=status,
+        cost_usd=cost_usd,
+        latency_s=latency_s,
+        cached_tokens=2,
     )

@@ -15,24 +15,21 @@ import pytest
 from computenet.api.usage import UsageRecord
 from computenet.gateway.metering import UsageMeter
 
+from ..records import usage_record
+
 
 def rec(i: int) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"r{i}",
+    return usage_record(
+        f"r{i}",
         started_at=1_700_000_000.0 + i,
         tenant="t",
-        key_id="k",
         model="m",
         backend="deployment/d",
         endpoint="e",
-        region="local",
-        prompt_tokens=10,
-        cached_tokens=0,
         completion_tokens=i,
         cost_usd=0.001,
         ttft_s=None if i % 2 else 0.05,
         latency_s=0.2,
-        status=200,
     )
 
 
