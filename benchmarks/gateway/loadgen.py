@@ -155,7 +155,24 @@ class Plan:
     timeout_s: float
 
 
-class RawRunner:
+class ClosedLoop:
+    """`plan.concurrency` workers, each sending its next request when its last one is answered."""
+
+    plan: Plan
+
+    async def run(self, requests: int, duration_s: float) -> tuple[Tally, float]:
+        tally = Tally()
+        state = {"left": requests}
+        deadline = time.perf_counter() + duration_s
+        t0 = time.perf_counter()
+        await asyncio.gather(*(self.worker(i, state, deadline, tally) for i in range(self.plan.concurrency)))
+        return tally, time.perf_counter() - t0
+
+    async def worker(self, i: int, state: dict[str, int], deadline: float, tally: Tally) -> None:
+        raise NotImplementedError
+
+
+class RawRunner(ClosedLoop):
     """Keeps its connections open across the warm-up and the measured phase."""
 
     def __init__(self, plan: Plan) -> None:
@@ -166,14 +183,6 @@ class RawRunner:
         loop = asyncio.get_running_loop()
         _, client = await loop.create_connection(lambda: Client(loop), self.plan.host, self.plan.port)
         return client
-
-    async def run(self, requests: int, duration_s: float) -> tuple[Tally, float]:
-        tally = Tally()
-        state = {"left": requests}
-        deadline = time.perf_counter() + duration_s
-        t0 = time.perf_counter()
-        await asyncio.gather(*(self.worker(i, state, deadline, tally) for i in range(self.plan.concurrency)))
-        return tally, time.perf_counter() - t0
 
     async def worker(self, i: int, state: dict[str, int], deadline: float, tally: Tally) -> None:
         kind = kind_of(self.plan.kind, i)
@@ -210,7 +219,7 @@ class RawRunner:
             self.drop(i)
 
 
-class AiohttpRunner:
+class AiohttpRunner(ClosedLoop):
     """The same closed loop on aiohttp, to compare client costs (`--client aiohttp`)."""
 
     def __init__(self, plan: Plan, url: str, bodies: dict[str, dict[str, Any]], headers: dict[str, str]):
@@ -223,12 +232,7 @@ class AiohttpRunner:
         if self.session is None:
             connector = aiohttp.TCPConnector(limit=self.plan.concurrency)
             self.session = aiohttp.ClientSession(connector=connector, headers=self.headers)
-        tally = Tally()
-        state = {"left": requests}
-        deadline = time.perf_counter() + duration_s
-        t0 = time.perf_counter()
-        await asyncio.gather(*(self.worker(i, state, deadline, tally) for i in range(self.plan.concurrency)))
-        return tally, time.perf_counter() - t0
+        return await super().run(requests, duration_s)
 
     async def worker(self, i: int, state: dict[str, int], deadline: float, tally: Tally) -> None:
         kind = kind_of(self.plan.kind, i)
