@@ -5,7 +5,7 @@ from .endpoints import Endpoint, EndpointSink
 from .keys import ApiKey, KeyLimits, hash_key, key_id_of, mint_key
 from .kinds import KINDS, PLURALS, AnyResource, kind_from_user
 from .loading import ManifestError, Problem, load_documents, load_file, load_text, parse_resource
-from .meta import API_VERSION, Condition, ObjectMeta, Resource
+from .meta import API_VERSION, Condition, ConfigStatus, ObjectMeta, Resource, transition
 from .models import Model, ModelSpec
 from .pools import Pool, PoolSpec, PoolStatus
 from .providers import Price, Provider, ProviderModel, ProviderSpec, SecretRef
@@ -21,6 +21,7 @@ __all__ = [
     "ApiKey",
     "Budget",
     "Condition",
+    "ConfigStatus",
     "DeclaredKey",
     "DeclaredKeySpec",
     "Deployment",
@@ -62,4 +63,5 @@ __all__ = [
     "load_text",
     "mint_key",
     "parse_resource",
+    "transition",
 ]

@@ -6,6 +6,7 @@ Field names are camelCase on the wire (as in Kubernetes) and snake_case in Pytho
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
@@ -47,6 +48,22 @@ class Condition(CamelModel):
     reason: str
     message: str = ""
     last_transition_time: datetime | None = None
+
+
+def transition(
+    type_: str, ok: bool, reason: str, message: str, previous: Sequence[Condition], now: datetime
+) -> Condition:
+    """The condition `type_` as observed now; it keeps its lastTransitionTime while its status holds."""
+    status: ConditionStatus = "True" if ok else "False"
+    before = next((c for c in previous if c.type == type_), None)
+    since = before.last_transition_time if before and before.status == status else now
+    return Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=since)
+
+
+class ConfigStatus(CamelModel):
+    """Status of a kind that is configuration only (Route, Provider): is it in use as declared?"""
+
+    conditions: list[Condition] = Field(default_factory=list)
 
 
 class Resource(CamelModel):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .meta import CamelModel, Resource
+from .meta import CamelModel, ConfigStatus, Resource
 
 
 class SecretRef(CamelModel):
@@ -65,3 +65,4 @@ class ProviderSpec(CamelModel):
 class Provider(Resource):
     kind: Literal["Provider"] = "Provider"
     spec: ProviderSpec
+    status: ConfigStatus | None = None

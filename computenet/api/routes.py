@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .meta import CamelModel, Resource
+from .meta import CamelModel, ConfigStatus, Resource
 from .providers import Price
 
 
@@ -54,6 +54,7 @@ class RouteSpec(CamelModel):
 class Route(Resource):
     kind: Literal["Route"] = "Route"
     spec: RouteSpec
+    status: ConfigStatus | None = None
 
     @property
     def public_model(self) -> str:

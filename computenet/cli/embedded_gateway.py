@@ -2,19 +2,22 @@
 
 The gateway may not import the store (see DESIGN.md), so this module is the glue:
 it hands the gateway the store's usage table as its meter's sink, re-reads Routes,
-Providers, Tenants and declared APIKeys whenever the store changes, and seeds the
-budget ledger with what was already spent this period, so a restart does not hand
-every tenant a fresh budget.
+Providers, Tenants and declared APIKeys whenever the store changes, writes each
+Route's and Provider's `Ready` condition (so `computenet get routes` shows a broken
+reference instead of a log line), and seeds the budget ledger with what was already
+spent this period, so a restart does not hand every tenant a fresh budget.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
-from computenet.api import DeclaredKey, Provider, Route, Tenant
-from computenet.gateway import ConfigError, EndpointRegistry, Gateway
+from computenet.api import ConfigStatus, DeclaredKey, Provider, Route, Tenant, transition
+from computenet.gateway import ConfigProblem, EndpointRegistry, Gateway
 from computenet.gateway.auth import KeyBook
 from computenet.gateway.guards import Guards
 from computenet.gateway.limits import MemoryBudgetLedger, MemoryRateLimiter
@@ -42,11 +45,7 @@ async def follow_gateway_config(store: ResourceStore, gateway: Gateway) -> None:
     seeded: set[str] = set()
     while True:
         changed.clear()
-        try:
-            await _apply(store, gateway, seeded)
-        except ConfigError as exc:
-            # Keep serving with the last good configuration; the user sees why in the log.
-            log.error("gateway configuration not applied: %s", exc)
+        await _apply(store, gateway, seeded)
         await changed.wait()
 
 
@@ -55,7 +54,8 @@ async def _apply(store: ResourceStore, gateway: Gateway, seeded: set[str]) -> No
     providers = [r for r in await store.list("Provider") if isinstance(r, Provider)]
     tenants = [r for r in await store.list("Tenant") if isinstance(r, Tenant)]
     declared = [declared_key(r) for r in await store.list("APIKey") if isinstance(r, DeclaredKey)]
-    gateway.configure(routes, providers)
+    problems = gateway.configure(routes, providers, strict=False)
+    await _write_status(store, [*routes, *providers], problems)
     gateway.guards.configure_tenants(tenants)
     gateway.keys.declare(declared)
     ledger = gateway.guards.ledger
@@ -69,3 +69,21 @@ async def _apply(store: ResourceStore, gateway: Gateway, seeded: set[str]) -> No
         spent = await store.usage.spend("tenant", since=since)
         await ledger.seed(f"tenant:{tenant.name}", budget.period, spent.get(tenant.name, 0.0))
         seeded.add(tenant.name)
+
+
+async def _write_status(
+    store: ResourceStore, resources: Sequence[Route | Provider], problems: Sequence[ConfigProblem]
+) -> None:
+    """One `Ready` condition per Route and Provider: in use as declared, or why not."""
+    found = {(p.kind, p.name): p for p in problems}
+    now = datetime.now(UTC)
+    for resource in resources:
+        problem = found.get((resource.kind, resource.name))
+        previous = resource.status.conditions if resource.status else []
+        if problem is None:
+            ready = transition("Ready", True, "Accepted", "in use by the gateway", previous, now)
+        else:
+            log.error("gateway: %s", problem.message)
+            kept = "; the gateway still serves its previous version" if problem.kept else ""
+            ready = transition("Ready", False, "InvalidSpec", problem.message + kept, previous, now)
+        await store.update_status(resource.kind, resource.name, ConfigStatus(conditions=[ready]))

@@ -37,6 +37,34 @@ def _ready(row: Row) -> str:
     return f"{status.get('readyReplicas', 0)}/{desired}"
 
 
+def _targets(targets: list[Row]) -> str:
+    return ",".join(
+        f"deployment/{t['deployment']}" if t.get("deployment") else f"provider/{t['provider']}:{t['model']}"
+        for t in targets
+    )
+
+
+def _config_state(row: Row) -> str:
+    """`Accepted`, `InvalidSpec`, or `Pending` until a gateway has read it."""
+    return str(_condition(row, "Ready").get("reason", "Pending"))
+
+
+def _limit(row: Row, field: str) -> object:
+    return (row["spec"].get("limits") or {}).get(field) or "<none>"
+
+
+def _budget(row: Row) -> str:
+    budget = row["spec"].get("budget")
+    return f"${budget['limitUsd']:g}/{budget.get('period', 'month')}" if budget else "<none>"
+
+
+# Any kind without its own columns (a kind added later) still prints as a table.
+DEFAULT_COLUMNS: list[Column] = [
+    ("NAME", lambda r: r["metadata"]["name"]),
+    ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
+]
+
+
 COLUMNS: dict[str, list[Column]] = {
     "Deployment": [
         ("NAME", lambda r: r["metadata"]["name"]),
@@ -59,6 +87,36 @@ COLUMNS: dict[str, list[Column]] = {
         ("REPLICAS", lambda r: (r.get("status") or {}).get("replicas", 0)),
         ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
     ],
+    "Route": [
+        ("NAME", lambda r: r["metadata"]["name"]),
+        ("MODEL", lambda r: r["spec"].get("model") or r["metadata"]["name"]),
+        ("TARGETS", lambda r: _targets(r["spec"]["targets"])),
+        ("FALLBACKS", lambda r: _targets(r["spec"].get("fallbacks", [])) or "<none>"),
+        ("STATUS", _config_state),
+        ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
+    ],
+    "Provider": [
+        ("NAME", lambda r: r["metadata"]["name"]),
+        ("BASE URL", lambda r: r["spec"]["baseUrl"]),
+        ("MODELS", lambda r: ",".join(m["name"] for m in r["spec"].get("models", [])) or "<none>"),
+        ("STATUS", _config_state),
+        ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
+    ],
+    "Tenant": [
+        ("NAME", lambda r: r["metadata"]["name"]),
+        ("REQUESTS/MIN", lambda r: _limit(r, "requestsPerMinute")),
+        ("TOKENS/MIN", lambda r: _limit(r, "tokensPerMinute")),
+        ("BUDGET", _budget),
+        ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
+    ],
+    "APIKey": [
+        ("NAME", lambda r: r["metadata"]["name"]),
+        ("TENANT", lambda r: r["spec"]["tenant"]),
+        ("MODELS", lambda r: ",".join(r["spec"].get("models", [])) or "<all>"),
+        ("FROM", lambda r: f"env {r['spec']['keyFromEnv']}" if r["spec"].get("keyFromEnv") else "sha256"),
+        ("EXPIRES", lambda r: r["spec"].get("expiresAt") or "<never>"),
+        ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
+    ],
     "Replica": [
         ("NAME", lambda r: r["name"]),
         ("DEPLOYMENT", lambda r: r["deployment"]),
@@ -73,7 +131,7 @@ COLUMNS: dict[str, list[Column]] = {
 
 
 def table(kind: str, rows: Sequence[Row]) -> str:
-    columns = COLUMNS[kind]
+    columns = COLUMNS.get(kind, DEFAULT_COLUMNS)
     cells = [[name for name, _ in columns]] + [[str(get(row)) for _, get in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join(

@@ -3,11 +3,15 @@
 `--since` and `--until` take a date (`2026-11-01`), a time (`2026-11-01T12:00:00Z`,
 UTC unless it names a zone) or a duration back from now (`7d`, `12h`). The table
 ends with a TOTAL line; `-o csv` and `-o json` print the same rows for scripts.
+
+A standalone `computenet gateway --usage-db URL` has no control API: `--usage-db URL`
+here reads the same database directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import io
 import json
@@ -15,6 +19,12 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from computenet.store import ResourceStore
 
 from .client import CliError, ControlClient
 from .output import COLUMNS, Row, table
@@ -53,6 +63,11 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     usage.add_argument("--since", metavar="WHEN", help="from: 7d, 12h, 2026-11-01 or an ISO time")
     usage.add_argument("--until", metavar="WHEN", help="up to (not including); same forms as --since")
     usage.add_argument("-o", "--output", choices=["table", "csv", "json"], default="table")
+    usage.add_argument(
+        "--usage-db",
+        metavar="URL",
+        help="read this database instead of asking the server (what `computenet gateway --usage-db` wrote)",
+    )
 
 
 def cmd_usage(client: ControlClient, args: argparse.Namespace) -> None:
@@ -62,8 +77,37 @@ def cmd_usage(client: ControlClient, args: argparse.Namespace) -> None:
         text = getattr(args, flag)
         if text is not None:
             params[flag] = str(when(f"--{flag}", text, now=now, future=False))
-    items = client.json("GET", "/usage", params={k: v for k, v in params.items() if v is not None})["items"]
+    if args.usage_db:
+        since, until = (float(params[k]) if params.get(k) else None for k in ("since", "until"))
+        items = asyncio.run(_read_db(_usage_db(args.usage_db), args.tenant, since, until))
+    else:
+        query = {k: v for k, v in params.items() if v is not None}
+        items = client.json("GET", "/usage", params=query)["items"]
     print(render_usage(items, args.output))
+
+
+def _usage_db(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise CliError(
+            f"error: --usage-db: {url!r} is not a database URL; "
+            "give sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...",
+            exit_code=2,
+        ) from None
+    # Opening a store creates its tables: a mistyped path would read as "no usage" from a new file.
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise CliError(f"error: --usage-db: no database file at {parsed.database!r}", exit_code=2)
+    return url
+
+
+async def _read_db(url: str, tenant: str | None, since: float | None, until: float | None) -> list[Row]:
+    store = await ResourceStore.open(url)
+    try:
+        totals = await store.usage.totals(tenant=tenant, since=since, until=until)
+    finally:
+        await store.close()
+    return [t.to_wire() for t in totals]
 
 
 def render_usage(items: list[Row], fmt: str) -> str:

@@ -22,7 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from computenet import __version__
 from computenet.api import KINDS, PLURALS, ManifestError, Problem, load_documents, parse_resource
 from computenet.pools import ReplicaState
-from computenet.store import Conflict, NotFound, ResourceStore, UsageTotal
+from computenet.store import Conflict, NotFound, ResourceStore
 
 from .auth import AuthError, InvalidField, add_key_routes, admin_guard, duration_s, iso_time
 
@@ -151,7 +151,7 @@ def _add_usage_route(router: APIRouter, store: ResourceStore) -> None:
             "kind": "UsageTotals",
             "since": iso_time(start),
             "until": iso_time(end),
-            "items": [_total_wire(t) for t in totals],
+            "items": [t.to_wire() for t in totals],
         }
 
 
@@ -168,21 +168,6 @@ def _instant(field: str, text: str, now: float) -> float:
             f"or a duration back from now (7d), got {text!r}",
         ) from None
     return at.replace(tzinfo=at.tzinfo or UTC).timestamp()
-
-
-def _total_wire(total: UsageTotal) -> dict[str, Any]:
-    return {
-        "tenant": total.tenant,
-        "model": total.model,
-        "day": total.day.isoformat(),
-        "requests": total.requests,
-        "errors": total.errors,
-        "promptTokens": total.prompt_tokens,
-        "cachedTokens": total.cached_tokens,
-        "completionTokens": total.completion_tokens,
-        "costUsd": total.cost_usd,
-        "meanLatencySeconds": total.mean_latency_s,
-    }
 
 
 def _replica_wire(state: ReplicaState) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from computenet.api import Condition, Deployment, DeploymentStatus, RoleStatus
+from computenet.api import Deployment, DeploymentStatus, RoleStatus, transition
 from computenet.pools import ReplicaPhase, ReplicaState
 
 CRASH_LOOP_RESTARTS = 3
@@ -39,8 +39,8 @@ def deployment_status(
     desired = deployment.desired_replicas
     previous = deployment.status.conditions if deployment.status else []
     conditions = [
-        _condition("Available", ready > 0, *_available_reason(ready, desired), previous, now),
-        _condition(
+        transition("Available", ready > 0, *_available_reason(ready, desired), previous, now),
+        transition(
             "Ready",
             blocked is None and ready == desired,
             *_ready_reason(ready, desired, observed, blocked),
@@ -80,12 +80,3 @@ def _ready_reason(
     if ready == desired:
         return "AllReplicasReady", f"{ready}/{desired} replicas ready"
     return "ReplicasStarting", f"{ready}/{desired} replicas ready"
-
-
-def _condition(
-    type_: str, ok: bool, reason: str, message: str, previous: Sequence[Condition], now: datetime
-) -> Condition:
-    status = "True" if ok else "False"
-    before = next((c for c in previous if c.type == type_), None)
-    since = before.last_transition_time if before and before.status == status else now
-    return Condition(type=type_, status=status, reason=reason, message=message, last_transition_time=since)

@@ -2,6 +2,6 @@
 
 from .app import Gateway, GatewayApp
 from .registry import EndpointRegistry
-from .routes import ConfigError
+from .routes import ConfigError, ConfigProblem
 
-__all__ = ["ConfigError", "EndpointRegistry", "Gateway", "GatewayApp"]
+__all__ = ["ConfigError", "ConfigProblem", "EndpointRegistry", "Gateway", "GatewayApp"]

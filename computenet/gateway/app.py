@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
+import random
 import time
 from collections.abc import Sequence
 
@@ -31,7 +31,7 @@ from .openai import BadRequest, parse_request
 from .policies import POLICIES, RoutingPolicy
 from .registry import EndpointRegistry
 from .resilience import Breakers
-from .routes import RouteTable
+from .routes import ConfigProblem, RouteTable
 from .tracing import Tracer
 from .upstream import UpstreamPool
 
@@ -42,6 +42,7 @@ access_log = logging.getLogger("computenet.access")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
+WATCH_AFTER_S = 0.25  # a client that hangs up is noticed this long into its request at the latest
 COMPLETION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
 
@@ -88,9 +89,13 @@ class Gateway:
         # Replicas come and go under new names: drop the breakers of those that are gone.
         self.registry.on_change(self._forget_gone)
 
-    def configure(self, routes: Sequence[Route] = (), providers: Sequence[Provider] = ()) -> None:
-        self.table.configure(routes, providers)
+    def configure(
+        self, routes: Sequence[Route] = (), providers: Sequence[Provider] = (), *, strict: bool = True
+    ) -> list[ConfigProblem]:
+        """See `RouteTable.configure`."""
+        problems = self.table.configure(routes, providers, strict=strict)
         self._forget_gone()
+        return problems
 
     def _forget_gone(self) -> None:
         self.breakers.forget(self.table.replicas())
@@ -162,7 +167,7 @@ class GatewayApp:
                 traceparent = value
             elif name == b"x-request-id":
                 request_id = value
-        rid = request_id or os.urandom(8).hex().encode()
+        rid = request_id or b"%016x" % random.getrandbits(64)
         out_headers = [(b"x-request-id", rid)]
         model = ""
         try:
@@ -228,17 +233,17 @@ class GatewayApp:
             return
         gw.in_flight[model] = gw.in_flight.get(model, 0) + 1
         task = asyncio.current_task()
-        watcher = asyncio.create_task(_watch_disconnect(receive, task)) if task is not None else None
+        assert task is not None
+        watch = _DisconnectWatch(loop, receive, task)
         try:
             await gw.forwarder.forward(ex, plan, send)
         except asyncio.CancelledError:
-            if watcher is None or not watcher.done() or task is None:
+            if not watch.fired:
                 raise
-            task.uncancel()  # our own watcher cancelled us: the client went away
+            task.uncancel()  # our own watch cancelled us: the client went away
             ex.cause, ex.status = "client_gone", 499
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watch.stop()
             gw.in_flight[model] -= 1
             latency = loop.time() - started
             span.end(ex.status)
@@ -360,14 +365,39 @@ async def _read_body(receive: Receive, length: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[object]) -> None:
-    """Cancel the request's task when its client goes away, so the upstream stops too."""
-    message = await receive()
-    # uvicorn also reports a "disconnect" once the response is complete. By then the
-    # handler is past its last await and cancels this watcher before it can run again,
-    # so a disconnect seen here while the handler runs is a real one.
-    if message["type"] == "http.disconnect" and not task.done():
-        task.cancel()
+class _DisconnectWatch:
+    """Cancels a request's task when its client goes away, so the upstream request stops too.
+
+    Watching costs a task per request, more than the rest of a short request's bookkeeping,
+    and most requests are answered long before anyone would hang up: so the watching task
+    starts only after `WATCH_AFTER_S`. A client that left earlier is noticed then (uvicorn's
+    `receive` answers "disconnect" at once), which bounds the engine's wasted work.
+    """
+
+    __slots__ = ("_receive", "_task", "_timer", "_watcher", "fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, receive: Receive, task: asyncio.Task[object]) -> None:
+        self._receive, self._task = receive, task
+        self._watcher: asyncio.Task[None] | None = None
+        self.fired = False
+        self._timer = loop.call_later(WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        message = await self._receive()
+        # uvicorn also reports a "disconnect" once the response is complete. By then the
+        # handler is past its last await and stops this watch before it can run again,
+        # so a disconnect seen here while the handler runs is a real one.
+        if message["type"] == "http.disconnect" and not self._task.done():
+            self.fired = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def _method_not_allowed(send: Send, allowed: str) -> None:

@@ -28,6 +28,14 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    kind: str  # "Route" or "Provider"
+    name: str
+    message: str  # names the resource, the field and the fix
+    kept: bool = False  # a Route still served as it was before this change
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     label: str  # "deployment/<name>" or "provider/<name>"
     deployment: str | None  # replicas come from the registry at request time
@@ -104,40 +112,77 @@ def _read_secret(provider: Provider) -> str:
 class RouteTable:
     def __init__(self, registry: EndpointRegistry) -> None:
         self.registry = registry
-        self._explicit: dict[str, RoutePlan] = {}
+        self._explicit: dict[str, RoutePlan] = {}  # by public model
+        self._by_route: dict[str, RoutePlan] = {}  # by Route name: the last good plan of each
         self._implicit: dict[str, RoutePlan] = {}
         registry.on_change(self._rebuild_implicit)
         self._rebuild_implicit()
 
-    def configure(self, routes: Iterable[Route], providers: Iterable[Provider]) -> None:
-        """Replace the declared routes; raises ConfigError (and changes nothing) on a bad reference."""
+    def configure(
+        self, routes: Iterable[Route], providers: Iterable[Provider], *, strict: bool = True
+    ) -> list[ConfigProblem]:
+        """Replace the declared routes, and say which Routes and Providers cannot be served.
+
+        `strict` (a file given to `computenet gateway`): any problem raises ConfigError and
+        changes nothing. Otherwise (the store of `computenet up`, which changes under a
+        running gateway) every valid route is served, and a broken one keeps serving its
+        last good version if it had one; the caller reports the problems as status.
+        """
+        problems: list[ConfigProblem] = []
         upstreams: dict[str, dict[str, Upstream]] = {}
+        broken: set[str] = set()
         prices: dict[tuple[str, str], Price] = {}
         for provider in providers:
-            upstreams[provider.name] = provider_upstreams(provider)
+            try:
+                upstreams[provider.name] = provider_upstreams(provider)
+            except ConfigError as exc:
+                problems.append(ConfigProblem("Provider", provider.name, str(exc)))
+                broken.add(provider.name)
+                continue
             for m in provider.spec.models:
                 prices[(provider.name, m.name)] = m.price
         plans: dict[str, RoutePlan] = {}
+        by_route: dict[str, RoutePlan] = {}
         for route in routes:
-            targets = tuple(
-                self._backend(route, t, "targets", i, upstreams, prices)
-                for i, t in enumerate(route.spec.targets)
-            )
-            fallbacks = tuple(
-                self._backend(route, t, "fallbacks", i, upstreams, prices)
-                for i, t in enumerate(route.spec.fallbacks)
-            )
-            plans[route.public_model] = RoutePlan(
-                model=route.public_model,
-                policy=route.spec.policy,
-                targets=targets,
-                fallbacks=fallbacks,
-                timeout_s=route.spec.timeout_seconds,
-                retries=route.spec.retries,
-                limits=route.spec.limits,
-                max_price=_dearest(b.price for b in targets + fallbacks),
-            )
-        self._explicit = plans
+            try:
+                plan = self._plan(route, upstreams, broken, prices)
+            except ConfigError as exc:
+                last_good = self._by_route.get(route.name)
+                problems.append(ConfigProblem("Route", route.name, str(exc), kept=last_good is not None))
+                if last_good is None:
+                    continue
+                plan = last_good
+            plans[plan.model] = by_route[route.name] = plan
+        if strict and problems:
+            raise ConfigError("; ".join(p.message for p in problems))
+        self._explicit, self._by_route = plans, by_route
+        return problems
+
+    def _plan(
+        self,
+        route: Route,
+        upstreams: Mapping[str, Mapping[str, Upstream]],
+        broken: set[str],
+        prices: Mapping[tuple[str, str], Price],
+    ) -> RoutePlan:
+        targets = tuple(
+            self._backend(route, t, "targets", i, upstreams, broken, prices)
+            for i, t in enumerate(route.spec.targets)
+        )
+        fallbacks = tuple(
+            self._backend(route, t, "fallbacks", i, upstreams, broken, prices)
+            for i, t in enumerate(route.spec.fallbacks)
+        )
+        return RoutePlan(
+            model=route.public_model,
+            policy=route.spec.policy,
+            targets=targets,
+            fallbacks=fallbacks,
+            timeout_s=route.spec.timeout_seconds,
+            retries=route.spec.retries,
+            limits=route.spec.limits,
+            max_price=_dearest(b.price for b in targets + fallbacks),
+        )
 
     def replicas(self) -> set[str]:
         """The key of every upstream a request may reach now: replicas and provider models."""
@@ -169,12 +214,17 @@ class RouteTable:
         field: str,
         index: int,
         upstreams: Mapping[str, Mapping[str, Upstream]],
+        broken: set[str],
         prices: Mapping[tuple[str, str], Price],
     ) -> Backend:
         where = f"Route {route.name!r} spec.{field}[{index}]"
         if target.deployment is not None:
             return Backend(target.label, target.deployment, None, target.price or FREE, target.weight)
         assert target.provider is not None and target.model is not None
+        if target.provider in broken:
+            raise ConfigError(
+                f"{where}.provider: Provider {target.provider!r} cannot be used; see its status"
+            )
         models = upstreams.get(target.provider)
         if models is None:
             raise ConfigError(f"{where}.provider: no Provider named {target.provider!r}; apply it first")

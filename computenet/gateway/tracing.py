@@ -1,15 +1,18 @@
 """W3C trace context for every request, and OpenTelemetry spans when tracing is on.
 
 Why this shape: every request forwards a `traceparent` to its backend, so an engine that traces nests its
-spans under the caller's trace. With tracing off (the default) that costs one `os.urandom` and a string
-format, and the OpenTelemetry SDK is not even imported. With tracing on, the gateway's span is a child of
-the incoming `traceparent` and the upstream `traceparent` carries that span's id; spans leave through a
-`BatchSpanProcessor` (its own thread), over OTLP/HTTP from the optional extra `computenet[otlp]`.
+spans under the caller's trace. With tracing off (the default) that costs two `random.getrandbits` (as
+OpenTelemetry's own id generator does: ids need to be unique, not secret, and `os.urandom` is a system
+call) and a string format, and the OpenTelemetry SDK is not even imported. With tracing on, the gateway's
+span is a child of the incoming `traceparent` and the upstream `traceparent` carries that span's id;
+spans leave through a `BatchSpanProcessor` (its own thread), over OTLP/HTTP from the optional extra
+`computenet[otlp]`.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -46,10 +49,9 @@ def child_traceparent(incoming: str | None, *, sampled: bool = False) -> tuple[s
             version, trace_id, parent_id, flags, rest = match.groups()
             valid_version = (version == "00" and rest is None) or version not in ("00", "ff")
             if valid_version and trace_id != _ZERO_TRACE_ID and parent_id != _ZERO_SPAN_ID:
-                return f"00-{trace_id}-{os.urandom(8).hex()}-{flags}", trace_id
-    ids = os.urandom(24).hex()
-    trace_id = ids[:32]
-    return f"00-{trace_id}-{ids[32:]}-{'01' if sampled else '00'}", trace_id
+                return f"00-{trace_id}-{random.getrandbits(64):016x}-{flags}", trace_id
+    trace_id = f"{random.getrandbits(128):032x}"
+    return f"00-{trace_id}-{random.getrandbits(64):016x}-{'01' if sampled else '00'}", trace_id
 
 
 class SpanHandle:

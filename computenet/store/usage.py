@@ -45,6 +45,21 @@ class UsageTotal:
     cost_usd: float
     mean_latency_s: float
 
+    def to_wire(self) -> dict[str, Any]:
+        """The control API's shape (camelCase), which `computenet usage` prints."""
+        return {
+            "tenant": self.tenant,
+            "model": self.model,
+            "day": self.day.isoformat(),
+            "requests": self.requests,
+            "errors": self.errors,
+            "promptTokens": self.prompt_tokens,
+            "cachedTokens": self.cached_tokens,
+            "completionTokens": self.completion_tokens,
+            "costUsd": self.cost_usd,
+            "meanLatencySeconds": self.mean_latency_s,
+        }
+
 
 class UsageStore:
     """The store's `UsageSink`, and the queries over what it kept."""

@@ -158,6 +158,40 @@ async def test_usage_reports_totals_per_tenant_model_and_day(
     assert capsys.readouterr().out == "No usage found.\n"
 
 
+async def test_usage_reads_a_standalone_gateways_database_without_a_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `computenet gateway --usage-db URL` wrote, read back with no control API running."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
+    store = await ResourceStore.open(url)
+    now = time.time()
+    try:
+        await store.usage.write_usage([_record("a", now, "acme"), _record("b", now, "beta")])
+    finally:
+        await store.close()
+    argv = ["usage", "--usage-db", url, "--tenant", "acme", "-o", "json", "--server", "http://127.0.0.1:9"]
+    assert await _exit_code_in_thread(argv) == 0
+    (only,) = json.loads(capsys.readouterr().out)
+    assert (only["tenant"], only["requests"], only["costUsd"]) == ("acme", 1, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("usage.db", "is not a database URL; give sqlite+aiosqlite:///usage.db"),
+        ("sqlite+aiosqlite:///nowhere/usage.db", "no database file at 'nowhere/usage.db'"),
+    ],
+)
+def test_a_bad_usage_db_exits_2_and_creates_nothing(
+    url: str, needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(["usage", "--usage-db", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --usage-db: ") and needle in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
