@@ -10,11 +10,13 @@ from .models import Model, ModelSpec
 from .pools import Pool, PoolSpec, PoolStatus
 from .providers import Price, Provider, ProviderModel, ProviderSpec, SecretRef
 from .routes import RateLimits, Route, RouteSpec, Target
+from .routing import DEFAULT_PRESET, FilterRef, PolicySpec, PresetName, ScorerRef
 from .tenants import Budget, DeclaredKey, DeclaredKeySpec, Tenant, TenantSpec
 from .usage import UsageRecord, UsageSink
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_PRESET",
     "KINDS",
     "PLURALS",
     "AnyResource",
@@ -29,14 +31,17 @@ __all__ = [
     "DeploymentStatus",
     "Endpoint",
     "EndpointSink",
+    "FilterRef",
     "KeyLimits",
     "ManifestError",
     "Model",
     "ModelSpec",
     "ObjectMeta",
+    "PolicySpec",
     "Pool",
     "PoolSpec",
     "PoolStatus",
+    "PresetName",
     "Price",
     "Problem",
     "Provider",
@@ -49,6 +54,7 @@ __all__ = [
     "RoleStatus",
     "Route",
     "RouteSpec",
+    "ScorerRef",
     "SecretRef",
     "Target",
     "Tenant",

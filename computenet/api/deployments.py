@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from .meta import CamelModel, Condition, Resource
 from .models import EngineName
+from .routing import PolicySpec
 
 RoleName = Literal["server", "prefill", "decode", "router"]
 EngineArgs = dict[str, str | int | float | bool | list[str]]
@@ -49,13 +50,8 @@ class RestartPolicy(CamelModel):
     max_backoff_s: float = Field(default=30.0, gt=0)
 
 
-# The names of the gateway's registered routing policies (computenet.gateway.policies.POLICIES;
-# a test keeps the two in step). Listed here so a typo fails at apply time, not at request time.
-PolicyName = Literal["least_outstanding", "round_robin"]
-
-
 class Routing(CamelModel):
-    policy: PolicyName = "least_outstanding"
+    policy: PolicySpec = Field(default_factory=PolicySpec, description="a preset name, or a pipeline")
 
 
 class DeploymentSpec(CamelModel):

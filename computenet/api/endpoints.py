@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .routing import PolicySpec
+
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -25,11 +27,13 @@ class Endpoint:
     role: str = "server"
     engine: str = "sim"
     pool: str = "local"
+    kv_events: str | None = None  # the engine's ZMQ KV-event publisher (tcp://host:port), when it has one
+    kv_events_replay: str | None = None  # its replay socket, to recover missed events
 
 
 class EndpointSink(Protocol):
     async def publish(
-        self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: str
+        self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: PolicySpec | str
     ) -> None:
         """Replace the ready endpoints of one deployment of `model`, routed with `policy`.
 

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from .meta import CamelModel, ConfigStatus, Resource
 from .providers import Price
+from .routing import PolicySpec
 
 
 class RateLimits(CamelModel):
@@ -48,7 +49,7 @@ class RouteSpec(CamelModel):
     timeout_seconds: float = Field(default=600, gt=0, description="deadline for the whole request")
     retries: int = Field(default=2, ge=0, le=10, description="extra attempts after the first")
     limits: RateLimits | None = None
-    policy: Literal["round_robin", "least_outstanding"] = "least_outstanding"
+    policy: PolicySpec = Field(default_factory=PolicySpec, description="a preset name, or a pipeline")
 
 
 class Route(Resource):

@@ -29,6 +29,7 @@ from computenet.api import (
     Endpoint,
     KeyLimits,
     ManifestError,
+    PolicySpec,
     Provider,
     Route,
     Tenant,
@@ -212,7 +213,7 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
             if not endpoint.url.startswith(("http://", "https://")):
                 raise ValueError(f"--upstream: {endpoint.url!r} is not an http:// or https:// URL")
         gateway.registry.publish_now(
-            STATIC_DEPLOYMENT, endpoints, model=settings["model"], policy="least_outstanding"
+            STATIC_DEPLOYMENT, endpoints, model=settings["model"], policy=PolicySpec()
         )
     gateway.configure(
         routes=[r for r in resources if isinstance(r, Route)],

@@ -1,57 +1,93 @@
-"""Routers for `computenet sim replay`: the gateway's own policies plus the fleet simulator's.
+"""Routers for `computenet sim replay`: the gateway's routing presets plus the fleet simulator's own.
 
 The point of replaying a trace through the simulated fleet is to learn how the
-gateway would route it, so `round_robin` and `least_outstanding` are the
-gateway's implementations (`computenet.gateway.policies.POLICIES`), run through
-an adapter: each replica becomes an `Endpoint`, and a `LoadTracker` counts the
-requests in flight exactly as the gateway's would (acquired when a request is
-routed, released when the fleet reports it finished). The simulator's routers
-fill in the other names; where a name is taken by the gateway, the simulator's
-version is still there as `sim_<name>`.
+gateway would route it, so every gateway preset (`random`, `round-robin`,
+`least-request`, `power-of-two`, `prefix`, `precise-prefix`) runs the gateway's own
+pipeline through an adapter. At each arrival the adapter writes what the gateway
+would know into a `RoutingState`: each replica's unfinished requests as this
+gateway's in-flight count, its running and waiting requests and KV usage as a
+fresh scrape, and — standing in for the index the gateway builds from the
+engines' KV events — the blocks each replica's cache really holds. The
+simulator's routers fill in the other names; where a name is taken by the
+gateway, the simulator's version is there as `sim_<name>`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import random
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 
-from computenet.api import Endpoint
+from computenet.api.routing import LEGACY_PRESETS
+from computenet.engines.base import EngineLoad
 from computenet.engines.sim.routers import ROUTERS, ReplicaView, Router
 from computenet.engines.sim.scheduler import SimRequest
-from computenet.gateway.policies import POLICIES, LoadTracker, RoutingPolicy
+from computenet.gateway.routing.pipeline import RoutingPolicy, RoutingRequest, RoutingState
+from computenet.gateway.routing.presets import PRESETS, build_pipeline
 
-DEPLOYMENT = "sim-replay"
+ENGINE = "sim"
+
+
+@dataclass(frozen=True, slots=True)
+class _Replica:
+    replica: str
+    region: str = ""
+    engine: str = ENGINE
+
+
+class _FleetCache:
+    """The blocks each replica holds, read from the fleet: what a complete KV-event index would say."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, ReplicaView] = {}
+
+    def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]:
+        hashes = [h for h in block_hashes if isinstance(h, int)]
+        found = {name: view.cached_prefix_blocks(hashes) for name, view in self.views.items()}
+        return {name: depth for name, depth in found.items() if depth}
 
 
 class GatewayRouter:
     """A gateway `RoutingPolicy` as a fleet `Router`."""
 
-    def __init__(self, policy: RoutingPolicy, model: str) -> None:
+    def __init__(self, policy: RoutingPolicy, model: str, *, seed: int = 0) -> None:
         self.policy, self.model = policy, model
-        self.load = LoadTracker()
-        self._endpoints: dict[int, Endpoint] = {}
+        self._cache = _FleetCache()
+        self.state = RoutingState(kv=self._cache, rng=random.Random(seed))
+        self._replicas: dict[int, _Replica] = {}
 
     def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int:
-        candidates = [self._endpoint(replica) for replica in replicas]
-        chosen = self.policy.pick(self.model, candidates, self.load)
-        position = next(i for i, endpoint in enumerate(candidates) if endpoint is chosen)
-        self.load.acquire(chosen.replica)
-        return position
+        candidates = [self._observe(view) for view in replicas]
+        blocks = request.block_hashes
+        routing = RoutingRequest(
+            model=self.model,
+            prompt_tokens=request.prompt_len,
+            text_blocks=blocks,
+            engine_blocks={ENGINE: blocks},
+        )
+        chosen = self.policy.pick(routing, candidates, self.state)
+        if chosen is None:  # every replica filtered out: the gateway would answer 503; the fleet cannot
+            chosen = min(candidates, key=lambda c: self.state.board.outstanding(c.replica))
+        self.policy.routed(routing, chosen, self.state)
+        return candidates.index(chosen)
 
-    def _endpoint(self, replica: ReplicaView) -> Endpoint:
-        """The replica's endpoint, first releasing the requests the fleet has finished since last time."""
-        endpoint = self._endpoints.get(replica.index)
-        if endpoint is None:
-            name = f"replica-{replica.index}"
-            endpoint = Endpoint(replica=name, deployment=DEPLOYMENT, model=self.model, url=f"sim://{name}")
-            self._endpoints[replica.index] = endpoint
-        for _ in range(self.load.outstanding(endpoint.replica) - replica.outstanding):
-            self.load.release(endpoint.replica)
-        return endpoint
+    def _observe(self, view: ReplicaView) -> _Replica:
+        replica = self._replicas.get(view.index)
+        if replica is None:
+            replica = self._replicas[view.index] = _Replica(f"replica-{view.index}")
+        board = self.state.board
+        board.of(replica.replica).in_flight = view.outstanding
+        board.record_scrape(
+            replica.replica,
+            EngineLoad(running=view.running, waiting=view.waiting, kv_cache_usage=view.kv_usage),
+        )
+        self._cache.views[replica.replica] = view
+        return replica
 
 
 def _gateway_factory(name: str, model: str) -> Callable[[int], Router]:
-    return lambda seed: GatewayRouter(POLICIES[name](), model)
+    return lambda seed: GatewayRouter(build_pipeline(name), model, seed=seed)
 
 
 def _sim_factory(name: str) -> Callable[[int], Router]:
@@ -59,8 +95,8 @@ def _sim_factory(name: str) -> Callable[[int], Router]:
 
 
 def router_factories(model: str) -> Mapping[str, Callable[[int], Router]]:
-    """Every `--router` name: the gateway's policies first, then the simulator's, by seed."""
-    factories = {name: _gateway_factory(name, model) for name in POLICIES}
+    """Every `--router` name: the gateway's presets (and their old names), then the simulator's."""
+    factories = {name: _gateway_factory(name, model) for name in (*PRESETS, *LEGACY_PRESETS)}
     for name in ROUTERS:
         factories[f"sim_{name}" if name in factories else name] = _sim_factory(name)
     return MappingProxyType(factories)

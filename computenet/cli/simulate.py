@@ -12,9 +12,11 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from computenet.api.routing import DEFAULT_PRESET
+
 from .traceargs import add_trace_arguments
 
-DEFAULT_ROUTER = "least_outstanding"  # the gateway's DEFAULT_POLICY (importing it would load the gateway)
+DEFAULT_ROUTER = DEFAULT_PRESET  # the gateway's default routing policy
 
 
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:

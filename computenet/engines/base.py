@@ -28,13 +28,24 @@ class LaunchSpec:
 
 @dataclass(frozen=True)
 class EngineLoad:
-    """A replica's live load, read from its /metrics; the routing and autoscaling signals."""
+    """A replica's live load, read from its /metrics; the routing and autoscaling signals.
+
+    Counters are the engine's lifetime totals: a reader that wants a rate over its
+    own window keeps the previous scrape and takes the difference.
+    """
 
     running: float = 0.0
     waiting: float = 0.0
     kv_cache_usage: float = 0.0  # fraction 0..1
     prompt_tokens_total: float = 0.0
     generation_tokens_total: float = 0.0
+    # LoRA adapters with requests running or waiting: routing a request for one of them
+    # there avoids loading it on another replica. Empty where the engine does not say.
+    lora_adapters: frozenset[str] = frozenset()
+    max_lora: int = 0  # adapters the engine can hold at once; 0 unknown (or LoRA off)
+    prefix_cache_queries_total: float = 0.0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits_total: float = 0.0  # of those, tokens found cached
+    prefix_cache_hit_rate: float | None = None  # fraction 0..1; None where it cannot be told
 
 
 class EngineAdapter(Protocol):

@@ -9,18 +9,48 @@ from __future__ import annotations
 import sys
 
 from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg
-from .metrics import mean, sample_values, total
+from .metrics import SeriesReader, mean, series, total
+
+# Names from sglang/srt/metrics/collector.py.
+_HIT_RATE = "sglang:cache_hit_rate"  # a gauge per TP/DP rank, over the scheduler's last log interval
+_CACHED_TOKENS = "sglang:cached_tokens_total"  # newer SGLang only
+_LORA_SLOTS = "sglang:lora_pool_slots_total"  # only with --enable-lora
+_SERIES = SeriesReader(
+    "sglang:num_running_reqs",
+    "sglang:num_queue_reqs",
+    "sglang:token_usage",
+    "sglang:prompt_tokens_total",
+    "sglang:generation_tokens_total",
+    _HIT_RATE,
+    _CACHED_TOKENS,
+    _LORA_SLOTS,
+)
 
 
 def parse_sglang_metrics(text: str) -> EngineLoad:
-    """Load from SGLang's /metrics (`token_usage` is already a 0..1 fraction)."""
-    values = sample_values(text)
+    """Load from SGLang's /metrics (`token_usage` is already a 0..1 fraction).
+
+    SGLang does not name its loaded LoRA adapters, only how many slots it has.
+    Prefix-cache counters exist where it counts cached tokens (prompt tokens are
+    then the queries); the hit rate prefers its own gauge, which is recent.
+    """
+    samples = _SERIES.read(text)
+    prompt_tokens = total(samples, "sglang:prompt_tokens_total")
+    queries = prompt_tokens if _CACHED_TOKENS in samples else 0.0
+    hits = total(samples, _CACHED_TOKENS)
+    hit_rate = mean(samples, _HIT_RATE) if _HIT_RATE in samples else None
+    if hit_rate is None and queries > 0:
+        hit_rate = hits / queries
     return EngineLoad(
-        running=total(values, "sglang:num_running_reqs"),
-        waiting=total(values, "sglang:num_queue_reqs"),
-        kv_cache_usage=mean(values, "sglang:token_usage"),
-        prompt_tokens_total=total(values, "sglang:prompt_tokens_total"),
-        generation_tokens_total=total(values, "sglang:generation_tokens_total"),
+        running=total(samples, "sglang:num_running_reqs"),
+        waiting=total(samples, "sglang:num_queue_reqs"),
+        kv_cache_usage=mean(samples, "sglang:token_usage"),
+        prompt_tokens_total=prompt_tokens,
+        generation_tokens_total=total(samples, "sglang:generation_tokens_total"),
+        max_lora=int(max((s.value for s in series(samples, _LORA_SLOTS)), default=0)),
+        prefix_cache_queries_total=queries,
+        prefix_cache_hits_total=hits,
+        prefix_cache_hit_rate=hit_rate,
     )
 
 

@@ -7,19 +7,62 @@ with `SimAdapter` rather than copied.
 from __future__ import annotations
 
 from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg
-from .metrics import mean, sample_values, total
+from .metrics import Sample, SeriesReader, latest, mean, split_label, total
+
+# Names from vllm/v1/metrics/loggers.py; the `gpu_` spellings are vLLM's before 0.10.
+_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_LORA_INFO = "vllm:lora_requests_info"
+_SERIES = SeriesReader(
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    _LORA_INFO,
+    *_KV_USAGE,
+    *_QUERIES,
+    *_HITS,
+)
 
 
 def parse_vllm_metrics(text: str) -> EngineLoad:
-    """Load from vLLM's /metrics; KV usage falls back to the pre-v1 `gpu_cache_usage_perc` name."""
-    values = sample_values(text)
+    """Load from vLLM's /metrics; KV usage and prefix-cache counters fall back to pre-0.10 names.
+
+    The hit rate is the lifetime one (hits over queries); a router after the recent
+    rate takes differences of the two counters between scrapes.
+    """
+    samples = _SERIES.read(text)
+    queries, hits = total(samples, *_QUERIES), total(samples, *_HITS)
+    lora = latest(samples, _LORA_INFO)
     return EngineLoad(
-        running=total(values, "vllm:num_requests_running"),
-        waiting=total(values, "vllm:num_requests_waiting"),
-        kv_cache_usage=mean(values, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-        prompt_tokens_total=total(values, "vllm:prompt_tokens_total"),
-        generation_tokens_total=total(values, "vllm:generation_tokens_total"),
+        running=total(samples, "vllm:num_requests_running"),
+        waiting=total(samples, "vllm:num_requests_waiting"),
+        kv_cache_usage=mean(samples, *_KV_USAGE),
+        prompt_tokens_total=total(samples, "vllm:prompt_tokens_total"),
+        generation_tokens_total=total(samples, "vllm:generation_tokens_total"),
+        lora_adapters=_lora_adapters(lora),
+        max_lora=_max_lora(lora),
+        prefix_cache_queries_total=queries,
+        prefix_cache_hits_total=hits,
+        prefix_cache_hit_rate=hits / queries if queries > 0 else None,
     )
+
+
+def _lora_adapters(info: Sample | None) -> frozenset[str]:
+    """Adapters named in `vllm:lora_requests_info`, whose labels vLLM rewrites every step.
+
+    Every label set it ever saw stays exported, its value the time it was last set,
+    so only the newest sample (see `latest`) says what is loaded now.
+    """
+    if info is None:
+        return frozenset()
+    return frozenset(split_label(info, "running_lora_adapters") + split_label(info, "waiting_lora_adapters"))
+
+
+def _max_lora(info: Sample | None) -> int:
+    value = info.labels.get("max_lora", "") if info is not None else ""
+    return int(value) if value.isdigit() else 0
 
 
 class VllmAdapter:

@@ -28,10 +28,13 @@ from .forward import Exchange, Forwarder
 from .guards import Guards, Refusal
 from .metrics import GatewayMetrics
 from .openai import BadRequest, parse_request
-from .policies import POLICIES, RoutingPolicy
 from .registry import EndpointRegistry
 from .resilience import Breakers
 from .routes import ConfigProblem, RouteTable
+from .routing.feeds import SignalFeeds
+from .routing.hashers import engine_block_hashes
+from .routing.kv_index import KVBlockIndex
+from .routing.pipeline import RoutingRequest, RoutingState
 from .tracing import Tracer
 from .upstream import UpstreamPool
 
@@ -42,6 +45,7 @@ access_log = logging.getLogger("computenet.access")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 BODY_TIMEOUT_S = 30.0
+SCRAPE_INTERVAL_S = 0.1  # engines' /metrics; figures older than 2 s are ignored (routing/signals.py)
 WATCH_AFTER_S = 0.25  # a client that hangs up is noticed this long into its request at the latest
 COMPLETION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
 
@@ -59,6 +63,7 @@ class Gateway:
         connect_timeout_s: float = 3.0,
         max_body_bytes: int = MAX_BODY_BYTES,
         max_in_flight_per_endpoint: int | None = None,
+        scrape_interval_s: float = SCRAPE_INTERVAL_S,
     ) -> None:
         self.max_in_flight_per_endpoint = max_in_flight_per_endpoint
         self.registry = registry or EndpointRegistry()
@@ -69,8 +74,12 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.breakers = Breakers()
         self.pool = UpstreamPool(connect_timeout_s=connect_timeout_s)
-        self.policies: dict[str, RoutingPolicy] = {name: make() for name, make in POLICIES.items()}
-        self.forwarder = Forwarder(self.pool, self.table, self.policies, self.breakers, self.metrics)
+        self.kv_index = KVBlockIndex()
+        self.routing = RoutingState(kv=self.kv_index, hasher=engine_block_hashes)
+        self.feeds = SignalFeeds(
+            self.registry, self.routing, self.kv_index, scrape_interval_s=scrape_interval_s
+        )
+        self.forwarder = Forwarder(self.pool, self.table, self.routing, self.breakers, self.metrics)
         self.max_body_bytes = max_body_bytes
         self.in_flight: dict[str, int] = {}
         self.metrics.add_gauges(
@@ -102,12 +111,14 @@ class Gateway:
 
     async def start(self) -> None:
         await self.guards.start()
+        await self.feeds.start()
         # Everything allocated so far (modules, config) lives as long as the process: keep it
         # out of the collector's full passes, which otherwise walk it every few thousand requests.
         gc.collect()
         gc.freeze()
 
     async def close(self) -> None:
+        await self.feeds.close()
         await self.guards.close()
         await self.pool.close()
         await asyncio.to_thread(self.tracer.shutdown)  # blocks while it sends the last spans
@@ -154,7 +165,7 @@ class GatewayApp:
         gw = self.gw
         loop = asyncio.get_running_loop()
         started, started_wall = loop.time(), time.time()
-        authorization = priority = traceparent = request_id = None
+        authorization = priority = traceparent = request_id = session = region = None
         length = -1
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -167,6 +178,10 @@ class GatewayApp:
                 traceparent = value
             elif name == b"x-request-id":
                 request_id = value
+            elif name == b"x-session-id":
+                session = value
+            elif name == b"x-computenet-region":
+                region = value
         rid = request_id or b"%016x" % random.getrandbits(64)
         out_headers = [(b"x-request-id", rid)]
         model = ""
@@ -214,6 +229,13 @@ class GatewayApp:
             headers=[(b"Content-Type", b"application/json"), (b"X-Request-Id", rid)],
             response_headers=out_headers,
             started=started,
+            routing=RoutingRequest(
+                model=model,
+                prompt_tokens=parsed.prompt_tokens_estimate,
+                content=parsed.content,
+                session=session.decode("latin-1") if session else parsed.user,
+                region=region.decode("latin-1") if region else None,
+            ),
         )
         span = gw.tracer.request_span(
             path, traceparent.decode("latin-1") if traceparent else None, {"gen_ai.request.model": model}

@@ -22,10 +22,10 @@ from computenet.api import Price
 from .asgi import Send, json_error, send_json, start_stream
 from .metrics import GatewayMetrics
 from .openai import StreamTally, Usage, complete_json, usage_chunk
-from .policies import LoadTracker, RoutingPolicy
 from .registry import Upstream
 from .resilience import Breakers, backoff_delay, parse_retry_after
 from .routes import Backend, RoutePlan, RouteTable
+from .routing.pipeline import RoutingPolicy, RoutingRequest, RoutingState
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Exchange:
     headers: list[tuple[bytes, bytes]]  # sent upstream (content type, request id, traceparent)
     response_headers: list[tuple[bytes, bytes]]  # sent to the client (request id, rate limits)
     started: float  # loop time
+    routing: RoutingRequest
     status: int = 0
     upstream: Upstream | None = None
     price: Price | None = None  # of the backend that answered
@@ -69,7 +70,7 @@ class Forwarder:
         self,
         pool: UpstreamPool,
         table: RouteTable,
-        policies: dict[str, RoutingPolicy],
+        state: RoutingState,
         breakers: Breakers,
         metrics: GatewayMetrics,
         rng: random.Random | None = None,
@@ -77,9 +78,8 @@ class Forwarder:
         self.metrics = metrics
         self.pool = pool
         self.table = table
-        self.policies = policies
+        self.state = state
         self.breakers = breakers
-        self.load = LoadTracker()
         self._rng = rng or random.Random()
 
     async def forward(self, ex: Exchange, plan: RoutePlan, send: Send) -> None:
@@ -104,7 +104,7 @@ class Forwarder:
                 ex.ttft_s = loop.time() - ex.started
 
     async def _attempts(self, ex: Exchange, plan: RoutePlan, send: Send) -> None:
-        policy = self.policies[plan.policy]
+        policy = plan.pipeline
         budget = 1 + plan.retries + len(plan.fallbacks)
         primaries = len(plan.targets)
         tried: set[str] = set()
@@ -114,7 +114,7 @@ class Forwarder:
         backends = plan.order(self._rng) if primaries > 1 or plan.fallbacks else list(plan.targets)
         for backend in backends:
             while ex.attempts < budget:
-                upstream = self._choose(ex.model, backend, policy, tried)
+                upstream = self._choose(ex.routing, backend, policy, tried)
                 if upstream is None:
                     if not tried.intersection(u.replica for u in self.table.candidates(backend)):
                         errors.append(f"{backend.label}: no ready replica")
@@ -138,14 +138,17 @@ class Forwarder:
         await self._give_up(ex, send, errors, all_429 and bool(retry_afters or errors), retry_afters)
 
     def _choose(
-        self, model: str, backend: Backend, policy: RoutingPolicy, tried: set[str]
+        self, request: RoutingRequest, backend: Backend, policy: RoutingPolicy, tried: set[str]
     ) -> Upstream | None:
         candidates = self.table.candidates(backend)
         if tried:
             candidates = tuple(u for u in candidates if u.replica not in tried)
         while candidates:
-            upstream = policy.pick(model, candidates, self.load)
+            upstream = policy.pick(request, candidates, self.state) if len(candidates) > 1 else candidates[0]
+            if upstream is None:  # filtered out, every one (saturated, say)
+                return None
             if self.breakers.get(upstream.replica).allows():
+                policy.routed(request, upstream, self.state)
                 return upstream
             tried.add(upstream.replica)
             candidates = tuple(u for u in candidates if u is not upstream)
@@ -155,7 +158,7 @@ class Forwarder:
         breaker = self.breakers.get(up.replica)
         body = ex.body if up.model is None or up.model == ex.model else _with_model(ex.body, up.model)
         headers = ex.headers + list(up.headers) if up.headers else ex.headers
-        self.load.acquire(up.replica)
+        self.state.board.acquire(up.replica, ex.prompt_estimate)
         resp: UpstreamResponse | None = None
         verdict: bool | None = None  # True success, False failure, None: neither (client gone)
         try:
@@ -198,7 +201,7 @@ class Forwarder:
             log.warning("request %s: stream from %s broke: %s", ex.request_id, up.replica, exc)
             await _end_stream_with_error(send, f"the backend failed mid-stream: {exc}", "upstream_error")
         finally:
-            self.load.release(up.replica)
+            self.state.board.release(up.replica, ex.prompt_estimate)
             if resp is not None:
                 if verdict is True and ex.cause == "":
                     resp.release()

@@ -34,6 +34,8 @@ class ParsedRequest:
     stream: bool
     max_tokens: int
     prompt_tokens_estimate: int
+    content: Any = None  # the prompt as sent (`messages`, `prompt` or `input`), for prefix routing
+    user: str | None = None  # the body's `user`: a session key when no x-session-id header is sent
 
 
 _KINDS = {"/v1/chat/completions": "messages", "/v1/completions": "prompt", "/v1/embeddings": "input"}
@@ -68,7 +70,16 @@ def parse_request(path: str, body: bytes) -> ParsedRequest:
         elif not options.get("include_usage"):  # rare: worth re-serialising to get real usage
             payload["stream_options"] = {**options, "include_usage": True}
             body = orjson.dumps(payload)
-    return ParsedRequest(body, model, stream, max_tokens, estimate_tokens(content))
+    user = payload.get("user")
+    return ParsedRequest(
+        body,
+        model,
+        stream,
+        max_tokens,
+        estimate_tokens(content),
+        content,
+        user if isinstance(user, str) else None,
+    )
 
 
 def _max_tokens(payload: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from computenet.api import Endpoint
+from computenet.api import Endpoint, PolicySpec
 
 from .upstream import Origin
 
@@ -29,12 +29,15 @@ class Upstream:
     # e.g. the provider's Authorization; kept out of repr so that no log line can show it
     headers: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
     model: str | None = None  # the name this upstream serves; a body naming another is rewritten
+    engine: str = ""  # the engine behind it (its metrics names, its KV block hashes); "" for providers
+    kv_events: str | None = None  # where the engine publishes KV events, if it does
+    kv_events_replay: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
     model: str
-    policy: str
+    policy: PolicySpec | str  # a preset name, or a pipeline
     upstreams: tuple[Upstream, ...]
 
 
@@ -46,11 +49,13 @@ class EndpointRegistry:
         self._listeners: list[Callable[[], None]] = []
 
     async def publish(
-        self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: str
+        self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: PolicySpec | str
     ) -> None:
         self.publish_now(deployment, endpoints, model=model, policy=policy)
 
-    def publish_now(self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: str) -> None:
+    def publish_now(
+        self, deployment: str, endpoints: Sequence[Endpoint], *, model: str, policy: PolicySpec | str
+    ) -> None:
         """`publish` for callers outside the event loop (static upstreams given on the command line)."""
         upstreams = tuple(
             Upstream(
@@ -60,6 +65,9 @@ class EndpointRegistry:
                 endpoint=e.replica,
                 region=self._region_of(e),
                 model=model,  # what the replicas answer to; a Route's public name is rewritten to it
+                engine=e.engine,
+                kv_events=e.kv_events,
+                kv_events_replay=e.kv_events_replay,
             )
             for e in endpoints
         )
@@ -76,6 +84,10 @@ class EndpointRegistry:
     def deployments_of(self, model: str) -> tuple[str, ...]:
         """Deployments serving `model` (the name their replicas answer to), by name."""
         return self._by_model.get(model, ())
+
+    def upstreams(self) -> list[Upstream]:
+        """Every published replica's upstream."""
+        return [u for pub in self._deployments.values() for u in pub.upstreams]
 
     def replicas(self) -> set[str]:
         """The key of every published upstream."""

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from computenet.api import Price, Provider, RateLimits, Route, Target
 
-from .policies import DEFAULT_POLICY
 from .registry import EndpointRegistry, Upstream
+from .routing.pipeline import RoutingPolicy
+from .routing.presets import build_pipeline
 from .upstream import Origin
 
 FREE = Price()
@@ -47,7 +48,7 @@ class Backend:
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     model: str
-    policy: str
+    pipeline: RoutingPolicy  # built once per plan: it keeps the plan's round-robin turn
     targets: tuple[Backend, ...]
     fallbacks: tuple[Backend, ...]
     timeout_s: float
@@ -175,7 +176,7 @@ class RouteTable:
         )
         return RoutePlan(
             model=route.public_model,
-            policy=route.spec.policy,
+            pipeline=build_pipeline(route.spec.policy),
             targets=targets,
             fallbacks=fallbacks,
             timeout_s=route.spec.timeout_seconds,
@@ -246,7 +247,7 @@ class RouteTable:
             backends = tuple(Backend(f"deployment/{n}", n, None, FREE) for n in names)
             plans[model] = RoutePlan(
                 model=model,
-                policy=first.policy if first is not None else DEFAULT_POLICY,
+                pipeline=build_pipeline(first.policy if first is not None else None),
                 targets=backends,
                 fallbacks=(),
                 timeout_s=600.0,

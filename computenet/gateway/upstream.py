@@ -62,6 +62,10 @@ class Origin:
         return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
 
     @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.base_path}"
+
+    @property
     def host_header(self) -> bytes:
         default = 443 if self.scheme == "https" else 80
         return (self.host if self.port == default else f"{self.host}:{self.port}").encode()

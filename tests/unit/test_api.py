@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from computenet.api import Deployment, ManifestError, Model, kind_from_user, load_file, load_text
-from computenet.api.deployments import PolicyName
-from computenet.gateway.policies import POLICIES
+from computenet.api.routing import FilterName, PickerName, PresetName, ScorerName
+from computenet.gateway.routing.pipeline import PICKERS
+from computenet.gateway.routing.presets import PRESETS
+from computenet.gateway.routing.scorers import FILTERS, SCORERS
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.yaml"
 
@@ -71,7 +73,8 @@ def test_every_problem_in_every_document_is_reported_with_file_doc_and_path() ->
         ),
         (
             "kind: Deployment\nmetadata: {name: d}\nspec: {model: m, engine: sim, routing: {policy: fastest}}\n",
-            "t.yaml doc 1: spec.routing.policy: must be 'least_outstanding' or 'round_robin', got 'fastest'",
+            "t.yaml doc 1: spec.routing.policy.preset: must be 'random', 'round-robin', 'least-request', "
+            "'power-of-two', 'prefix' or 'precise-prefix', got 'fastest'",
         ),
         ("kind: Model\nmetadata: {name: x\n", "t.yaml doc 1: invalid YAML at line 3, column 1"),
     ],
@@ -114,5 +117,8 @@ def test_unknown_kind_lists_the_choices() -> None:
         kind_from_user("gizmos")
 
 
-def test_policy_names_accepted_by_the_schema_are_the_gateways_policies() -> None:
-    assert set(PolicyName.__args__) == set(POLICIES)
+def test_policy_names_accepted_by_the_schema_are_the_gateways() -> None:
+    assert set(PresetName.__args__) == set(PRESETS)
+    assert set(FilterName.__args__) == set(FILTERS)
+    assert set(ScorerName.__args__) == set(SCORERS)
+    assert set(PickerName.__args__) == set(PICKERS)

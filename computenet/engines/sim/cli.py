@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--catalog", type=Path, nargs="+", action="extend", default=[], help="extra catalogue YAML files")
     add("--kv-events-endpoint", default=None, help="bind a ZMQ PUB socket here for vLLM-style KV events")
     add(
+        "--kv-events-replay-endpoint",
+        default=None,
+        help="bind vLLM's replay ROUTER socket here: subscribers fetch the batches they missed",
+    )
+    add(
         "--time-scale",
         type=_positive_float,
         default=defaults.time_scale,
@@ -92,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.kv_events_replay_endpoint is not None and args.kv_events_endpoint is None:
+        parser.error("--kv-events-replay-endpoint needs --kv-events-endpoint")
     config = SimConfig(
         model=args.model,
         gpu=args.gpu,
@@ -109,6 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
         default_max_tokens=int(args.default_max_tokens),
         catalog=tuple(args.catalog),
         kv_events_endpoint=args.kv_events_endpoint,
+        kv_events_replay_endpoint=args.kv_events_replay_endpoint,
         time_scale=float(args.time_scale),
     )
     try:

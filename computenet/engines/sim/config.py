@@ -33,6 +33,7 @@ class SimConfig:
     default_max_tokens: int = 16  # output length when a request sets no max_tokens (the "EOS")
     catalog: tuple[Path, ...] = ()  # extra catalogue files layered over the built-in one
     kv_events_endpoint: str | None = None  # ZMQ PUB address for vLLM-style KV events; None: off
+    kv_events_replay_endpoint: str | None = None  # ZMQ ROUTER address serving missed batches (vLLM's)
     time_scale: float = 1.0  # simulated step durations are divided by this (inf: no waiting at all)
 
     def __post_init__(self) -> None:
@@ -47,6 +48,8 @@ class SimConfig:
             raise ValueError(
                 f"SimConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if self.kv_events_replay_endpoint is not None and self.kv_events_endpoint is None:
+            raise ValueError("SimConfig.kv_events_replay_endpoint needs kv_events_endpoint")
         if math.isnan(self.time_scale) or self.time_scale <= 0:
             raise ValueError(f"SimConfig.time_scale must be positive, got {self.time_scale}")
 

@@ -240,7 +240,9 @@ class SimEngine:
         if self.config.kv_events_endpoint is not None and self._publisher is None:
             from .kv_events import KVEventPublisher  # pyzmq and msgpack only when asked for
 
-            self._publisher = KVEventPublisher(self.config.kv_events_endpoint)
+            self._publisher = KVEventPublisher(
+                self.config.kv_events_endpoint, replay_endpoint=self.config.kv_events_replay_endpoint
+            )
 
     async def close(self) -> None:
         """Server shutdown: stop the driver and close the KV-event socket."""

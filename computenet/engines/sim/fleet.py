@@ -165,8 +165,10 @@ class Replica:
         return self.core.kv.usage
 
     def cached_prefix_tokens(self, block_hashes: Sequence[int]) -> int:
-        kv = self.core.kv
-        return len(kv.lookup(block_hashes, len(block_hashes))) * kv.block_size
+        return self.cached_prefix_blocks(block_hashes) * self.core.kv.block_size
+
+    def cached_prefix_blocks(self, block_hashes: Sequence[int]) -> int:
+        return len(self.core.kv.lookup(block_hashes, len(block_hashes)))
 
 
 class Fleet:

@@ -12,13 +12,24 @@ Followed from vLLM's `vllm/distributed/kv_events.py` (`ZmqEventPublisher`,
   `["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id, medium, lora_name]`,
   `["BlockRemoved", block_hashes, medium]`, `["AllBlocksCleared"]`. The medium
   is `"GPU"` as vLLM's block pool sends; `lora_name` (added after `medium` in
-  newer vLLM) is sent as None, and older decoders ignore extra trailing fields.
+  newer vLLM) is sent as None, and older decoders ignore extra trailing fields;
+* with a replay endpoint (vLLM's `replay_endpoint`), a ROUTER socket serves
+  the last `buffer_steps` batches: a client sends `[b"", start seq]` from a
+  DEALER socket and receives `[b"", seq, payload]` for every buffered batch from
+  there, then `[b"", -1 as 8 signed bytes, b""]`. (vLLM's example uses a REQ
+  socket, which accepts one reply per request and so sees only the first batch.)
 
-Differences: the socket always binds the endpoint (a router subscribes to each
-replica), where vLLM binds only wildcard/ipc addresses and connects otherwise;
-and there is no replay ROUTER socket (vLLM's optional `replay_endpoint`), so a
-subscriber that misses a batch resynchronises from later events. Sending never
-blocks the engine loop: at the high-water mark a batch is dropped and counted.
+Differences: the sockets always bind (a router subscribes to each replica),
+where vLLM binds only wildcard/ipc addresses and connects otherwise. Sending
+never blocks the engine loop: at the high-water mark a batch is dropped and
+counted, but it is still buffered, so a subscriber heals the gap by replay.
+Replays are served by a small thread, not polled from `publish()`: a replica
+that has gone idle still answers the subscriber that joins it late, and a
+10,000-batch replay to a slow reader never stalls an engine step. The thread
+owns the ROUTER socket, shares only the buffer (under a lock) and ends when
+`close()` terminates the context. Unlike vLLM's, the ROUTER refuses to drop
+replies at its high-water mark (`ROUTER_MANDATORY`): it waits for the reader,
+up to `REPLAY_SEND_TIMEOUT_MS` a message, so a replay has no silent holes.
 
 pyzmq and msgpack are imported here only, so a sim without `--kv-events-endpoint`
 needs neither.
@@ -26,7 +37,9 @@ needs neither.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +50,9 @@ from .kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 MEDIUM_GPU = "GPU"
 SEND_HWM = 100_000  # vLLM's default high-water mark for the PUB socket
+BUFFER_STEPS = 10_000  # vLLM's default: batches kept for replay
+REPLAY_SEND_TIMEOUT_MS = 2_000  # a replay reader this slow (or gone) is abandoned
+END_SEQ = (-1).to_bytes(8, "big", signed=True)  # the seq frame of vLLM's end-of-replay marker
 
 
 def event_fields(event: KVEvent) -> list[Any]:
@@ -65,32 +81,90 @@ def encode_batch(events: Sequence[KVEvent], ts: float, data_parallel_rank: int =
 
 
 class KVEventPublisher:
-    """Binds a PUB socket at `endpoint` and sends each batch of events as one numbered message."""
+    """Binds a PUB socket at `endpoint` and sends each batch of events as one numbered message.
 
-    def __init__(self, endpoint: str, *, topic: bytes = b"", data_parallel_rank: int = 0) -> None:
+    With `replay_endpoint`, also binds vLLM's replay ROUTER socket there and keeps the
+    last `buffer_steps` batches for it.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        replay_endpoint: str | None = None,
+        buffer_steps: int = BUFFER_STEPS,
+        topic: bytes = b"",
+        data_parallel_rank: int = 0,
+    ) -> None:
         self._context = zmq.Context()
+        self._replayer: threading.Thread | None = None
         self._socket = self._context.socket(zmq.PUB)
         self._socket.set_hwm(SEND_HWM)
         self._socket.setsockopt(zmq.LINGER, 0)
-        try:
-            self._socket.bind(endpoint)
-        except zmq.ZMQError as exc:
-            self.close()
-            raise ValueError(f"--kv-events-endpoint {endpoint}: cannot bind: {exc}") from exc
+        self._bind(self._socket, endpoint, "--kv-events-endpoint")
         self._topic = topic
         self._rank = data_parallel_rank
         self._seq = 0
         self.dropped = 0  # batches refused at the high-water mark
+        self._buffer: deque[tuple[int, bytes]] = deque(maxlen=buffer_steps)
+        self._buffer_lock = threading.Lock()
+        if replay_endpoint is not None:
+            router = self._context.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            router.setsockopt(zmq.SNDTIMEO, REPLAY_SEND_TIMEOUT_MS)
+            self._bind(router, replay_endpoint, "--kv-events-replay-endpoint")
+            self._replayer = threading.Thread(
+                target=self._serve_replays, args=(router,), name="kv-events-replay", daemon=True
+            )
+            self._replayer.start()  # the thread now owns `router` (starting it is the memory barrier)
+
+    def _bind(self, socket: zmq.Socket[bytes], endpoint: str, flag: str) -> None:
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            self.close()
+            raise ValueError(f"{flag} {endpoint}: cannot bind: {exc}") from exc
 
     def publish(self, events: Sequence[KVEvent]) -> None:
         payload = encode_batch(events, time.time(), self._rank)
-        frames = (self._topic, self._seq.to_bytes(8, "big"), payload)
+        seq_bytes = self._seq.to_bytes(8, "big")
+        if self._replayer is not None:  # buffered before sending: a subscriber that sees it can replay it
+            with self._buffer_lock:
+                self._buffer.append((self._seq, payload))
         self._seq += 1
         try:
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._socket.send_multipart((self._topic, seq_bytes, payload), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.dropped += 1
 
     def close(self) -> None:
+        """Close the sockets; terminating the context also wakes and ends the replay thread."""
         self._socket.close(linger=0)
         self._context.term()
+        if self._replayer is not None:
+            self._replayer.join()
+
+    def _serve_replays(self, router: zmq.Socket[bytes]) -> None:
+        try:
+            while True:
+                frames = router.recv_multipart()
+                if len(frames) == 3:  # [client identity, b"", start seq]
+                    self._replay(router, frames[0], int.from_bytes(frames[2], "big"))
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            router.close(linger=0)
+
+    def _replay(self, router: zmq.Socket[bytes], client: bytes, start: int) -> None:
+        with self._buffer_lock:
+            batches = [batch for batch in self._buffer if batch[0] >= start]
+        try:
+            for seq, payload in batches:
+                router.send_multipart((client, b"", seq.to_bytes(8, "big"), payload))
+            router.send_multipart((client, b"", END_SEQ, b""))
+        except zmq.ContextTerminated:
+            raise
+        except zmq.ZMQError:  # the reader left (EHOSTUNREACH) or stalled past the send timeout
+            pass

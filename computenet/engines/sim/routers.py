@@ -51,6 +51,10 @@ class ReplicaView(Protocol):
         """Prompt tokens of the longest prefix of `block_hashes` this replica has cached."""
         ...
 
+    def cached_prefix_blocks(self, block_hashes: Sequence[int]) -> int:
+        """How many leading blocks of `block_hashes` this replica has cached."""
+        ...
+
 
 class Router(Protocol):
     def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int:

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from computenet.api import DEFAULT_PRESET
 from computenet.cli.main import main
 from computenet.cli.sim_routing import GatewayRouter, make_router, router_factories
 from computenet.cli.simulate import DEFAULT_ROUTER
 from computenet.engines.sim.catalog import load_catalog
 from computenet.engines.sim.fleet import Arrival, Fleet, FleetConfig
 from computenet.engines.sim.scheduler import SimRequest
-from computenet.gateway.policies import DEFAULT_POLICY, POLICIES, LeastOutstanding
+from computenet.gateway.routing.presets import PRESETS, build_pipeline
 
 TRACES = Path(__file__).resolve().parents[3] / "data" / "traces"
 MOONCAKE, AZURE = TRACES / "mooncake_conversation.jsonl", TRACES / "azure_code_2023.csv"
@@ -69,7 +70,7 @@ def test_replay_prints_a_table(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--router", "fastest"], "--router: unknown router 'fastest'; known: least_kv"),
+        (["--router", "fastest"], "--router: unknown router 'fastest'; known: least-request, least_kv"),
         (["--gpu", "B300"], "--gpu: unknown GPU 'B300'"),
         (["--model", "gpt-5"], "--model: unknown model architecture 'gpt-5'"),
         (["--replicas", "zero"], "--replicas must be a positive integer"),
@@ -93,21 +94,21 @@ def test_a_missing_trace_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: P
 
 def test_gateway_policies_keep_their_names_and_the_sims_stay_reachable() -> None:
     names = set(router_factories("m"))
-    assert set(POLICIES) <= names and {"sim_round_robin", "prefix_load", "random"} <= names
-    assert isinstance(make_router("least_outstanding", model="m"), GatewayRouter)
-    assert DEFAULT_ROUTER == DEFAULT_POLICY
+    assert set(PRESETS) <= names and {"sim_round_robin", "sim_random", "sim_prefix", "prefix_load"} <= names
+    assert isinstance(make_router("least_outstanding", model="m"), GatewayRouter)  # an old name
+    assert isinstance(make_router("precise-prefix", model="m"), GatewayRouter)
+    assert DEFAULT_ROUTER == DEFAULT_PRESET
     assert not isinstance(make_router("sim_least_outstanding", model="m"), GatewayRouter)
 
 
 def test_a_gateway_policy_routes_the_fleet_through_the_adapter() -> None:
     catalog = load_catalog()
-    router = GatewayRouter(LeastOutstanding(), "llama")
+    router = GatewayRouter(build_pipeline("least-request"), "llama")
     fleet = Fleet(catalog.model("llama-3.1-8b"), catalog.gpu("H100"), FleetConfig(replicas=3), router)
     burst = [Arrival(0.0, 300, 200, (i,)) for i in range(9)]
     result = fleet.run([*burst, Arrival(30.0, 300, 2, (99,))])
     assert [r.replica for r in result.records[:9]].count(0) == 3  # balanced while all were in flight
     assert result.totals.completed == 10
-    # everything finished: the next choice releases the stale counts, then acquires one
+    # everything finished: the gateway's view is refreshed from the fleet at the next choice
     router.choose(SimRequest("probe", 10, 1), fleet.replicas)
-    counts = [router.load.outstanding(f"replica-{i}") for i in range(3)]
-    assert sorted(counts) == [0, 0, 1]
+    assert [router.state.board.outstanding(f"replica-{i}") for i in range(3)] == [0, 0, 0]

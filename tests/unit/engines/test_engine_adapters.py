@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from computenet.engines import EngineLoad, LaunchSpec, args_to_flags
-from computenet.engines.metrics import MetricsParseError, sample_sums
+from computenet.engines.metrics import MetricsParseError, SeriesReader, sample_sums, sample_values
 from computenet.engines.sglang import SglangAdapter
 from computenet.engines.sim import SimAdapter
 from computenet.engines.vllm import VllmAdapter
@@ -69,6 +70,62 @@ sglang:prompt_tokens_total{model_name="qwen",tp_rank="0"} 5000.0
 # HELP sglang:generation_tokens_total Number of generation tokens processed.
 # TYPE sglang:generation_tokens_total counter
 sglang:generation_tokens_total{model_name="qwen",tp_rank="0"} 1500.0
+"""
+
+# vLLM v1 with --enable-lora --max-loras 4: the info gauge keeps every label set it was ever set
+# to, valued with the time it was last set (`set_to_current_time`); label order is vLLM's.
+VLLM_LORA_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="llama"} 2.0
+# HELP vllm:lora_requests_info Running stats on lora requests.
+# TYPE vllm:lora_requests_info gauge
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="",waiting_lora_adapters=""} 1.7472917215186226e+09
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora,chat-lora",waiting_lora_adapters="tool-lora"} 1.7472917310123450e+09
+vllm:lora_requests_info{max_lora="4",running_lora_adapters="sql-lora",waiting_lora_adapters=""} 1.7472917298540623e+09
+# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="llama"} 4096.0
+# HELP vllm:prefix_cache_queries_created Prefix cache queries, in terms of number of queried tokens.
+# TYPE vllm:prefix_cache_queries_created gauge
+vllm:prefix_cache_queries_created{engine="0",model_name="llama"} 1.7472917101e+09
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="llama"} 1024.0
+# HELP vllm:gpu_prefix_cache_queries_total GPU prefix cache queries. DEPRECATED: Use vllm:prefix_cache_queries instead.
+# TYPE vllm:gpu_prefix_cache_queries_total counter
+vllm:gpu_prefix_cache_queries_total{engine="0",model_name="llama"} 4096.0
+# HELP vllm:gpu_prefix_cache_hits_total GPU prefix cache hits. DEPRECATED: Use vllm:prefix_cache_hits instead.
+# TYPE vllm:gpu_prefix_cache_hits_total counter
+vllm:gpu_prefix_cache_hits_total{engine="0",model_name="llama"} 1024.0
+"""
+
+# vLLM 0.8 had only the `gpu_` spellings of the prefix-cache counters.
+VLLM_OLD_PREFIX_METRICS = """\
+# TYPE vllm:gpu_prefix_cache_queries_total counter
+vllm:gpu_prefix_cache_queries_total{model_name="llama"} 800.0
+# TYPE vllm:gpu_prefix_cache_hits_total counter
+vllm:gpu_prefix_cache_hits_total{model_name="llama"} 200.0
+"""
+
+# SGLang with --enable-lora, two TP ranks reporting their own cache hit rate.
+SGLANG_CACHE_METRICS = """\
+# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="qwen",tp_rank="0"} 3.0
+# HELP sglang:cache_hit_rate The prefix cache hit rate.
+# TYPE sglang:cache_hit_rate gauge
+sglang:cache_hit_rate{model_name="qwen",tp_rank="0"} 0.2
+sglang:cache_hit_rate{model_name="qwen",tp_rank="1"} 0.4
+# HELP sglang:lora_pool_slots_total Total number of LoRA adapter slots available (max_loras_per_batch).
+# TYPE sglang:lora_pool_slots_total gauge
+sglang:lora_pool_slots_total{model_name="qwen",tp_rank="0"} 8.0
+# HELP sglang:prompt_tokens_total Number of prefill tokens processed.
+# TYPE sglang:prompt_tokens_total counter
+sglang:prompt_tokens_total{model_name="qwen"} 5000.0
+# HELP sglang:cached_tokens_total Number of cached prompt tokens.
+# TYPE sglang:cached_tokens_total counter
+sglang:cached_tokens_total{model_name="qwen"} 1250.0
 """
 
 
@@ -174,3 +231,80 @@ def test_malformed_metrics_raise_a_parse_error() -> None:
 
 def test_empty_metrics_read_as_idle() -> None:
     assert VllmAdapter().parse_metrics("") == EngineLoad()
+
+
+def test_vllm_lora_adapters_come_from_the_newest_info_sample() -> None:
+    load = VllmAdapter().parse_metrics(VLLM_LORA_METRICS)
+    assert load.lora_adapters == {"sql-lora", "chat-lora", "tool-lora"}  # running and waiting
+    assert load.max_lora == 4
+    assert load.running == 2.0
+
+
+def test_vllm_without_lora_reports_none() -> None:
+    load = VllmAdapter().parse_metrics(VLLM_METRICS)
+    assert (load.lora_adapters, load.max_lora) == (frozenset(), 0)
+
+
+def test_vllm_prefix_cache_counters_and_hit_rate() -> None:
+    load = VllmAdapter().parse_metrics(VLLM_LORA_METRICS)
+    # Both spellings are exported side by side during the deprecation: counted once, not twice.
+    assert (load.prefix_cache_queries_total, load.prefix_cache_hits_total) == (4096.0, 1024.0)
+    assert load.prefix_cache_hit_rate == 0.25
+
+
+def test_vllm_prefix_cache_falls_back_to_gpu_names() -> None:
+    load = VllmAdapter().parse_metrics(VLLM_OLD_PREFIX_METRICS)
+    assert (load.prefix_cache_queries_total, load.prefix_cache_hits_total) == (800.0, 200.0)
+    assert load.prefix_cache_hit_rate == 0.25
+
+
+def test_hit_rate_is_unknown_before_any_query() -> None:
+    assert VllmAdapter().parse_metrics(VLLM_METRICS).prefix_cache_hit_rate is None
+    assert SglangAdapter().parse_metrics(SGLANG_METRICS).prefix_cache_hit_rate is None
+
+
+def test_sglang_cache_hit_rate_and_lora_slots() -> None:
+    load = SglangAdapter().parse_metrics(SGLANG_CACHE_METRICS)
+    assert load.prefix_cache_hit_rate == pytest.approx(0.3)  # its own recent gauge, averaged over ranks
+    assert (load.prefix_cache_queries_total, load.prefix_cache_hits_total) == (5000.0, 1250.0)
+    assert load.max_lora == 8
+    assert load.lora_adapters == frozenset()  # SGLang does not name them
+
+
+def test_sglang_hit_rate_from_cached_tokens_without_the_gauge() -> None:
+    text = "\n".join(line for line in SGLANG_CACHE_METRICS.splitlines() if "cache_hit_rate" not in line)
+    assert SglangAdapter().parse_metrics(text).prefix_cache_hit_rate == 0.25
+
+
+def test_the_sim_reports_prefix_cache_counters_under_vllm_names() -> None:
+    text = VLLM_LORA_METRICS.replace('engine="0",', "")
+    assert SimAdapter().parse_metrics(text).prefix_cache_hit_rate == 0.25
+
+
+@pytest.mark.parametrize("text", [VLLM_METRICS, VLLM_LORA_METRICS, SGLANG_METRICS, SGLANG_CACHE_METRICS])
+def test_values_match_prometheus_clients_own_parser(text: str) -> None:
+    expected: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            expected.setdefault(sample.name, []).append(sample.value)
+    assert sample_values(text) == expected
+
+
+def test_labels_are_unescaped() -> None:
+    text = 'x:info{path="C:\\\\models",quote="say \\"hi\\"",lines="a\\nb"} 1.0\n'
+    [sample] = SeriesReader("x:info").read(text)["x:info"]
+    assert sample.labels == {"path": "C:\\models", "quote": 'say "hi"', "lines": "a\nb"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<!DOCTYPE html>\n<html><body>Bad Gateway</body></html>\n",
+        '{"error": "not found"}',
+        'vllm:num_requests_running{model_name="m"} 3.0\nvllm:num_requests_waiting{model_name="m',
+        "vllm:num_requests_running{} abc\n",
+    ],
+)
+def test_text_that_is_not_an_exposition_is_an_error_not_an_idle_engine(text: str) -> None:
+    with pytest.raises(MetricsParseError, match="line"):
+        VllmAdapter().parse_metrics(text)

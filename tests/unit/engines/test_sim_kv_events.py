@@ -13,7 +13,8 @@ import zmq.asyncio
 from sim_testkit import FAST_TIME_SCALE, MODEL, in_process
 
 from computenet.engines.sim import SimConfig
-from computenet.engines.sim.kv_events import encode_batch
+from computenet.engines.sim.cli import parse_args
+from computenet.engines.sim.kv_events import END_SEQ, KVEventPublisher, encode_batch
 from computenet.engines.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, chain_hashes
 from computenet.engines.sim.server import create_app
 from computenet.pools.processes import free_port
@@ -133,3 +134,79 @@ async def test_a_taken_endpoint_fails_startup() -> None:
         with pytest.raises(ValueError, match="cannot bind"):
             async with second.router.lifespan_context(second):
                 pass
+
+
+async def _replay(endpoint: str, start: int) -> list[Batch]:
+    """vLLM's replay exchange from a DEALER (a REQ socket takes one reply only, and a replay is many)."""
+    context = zmq.asyncio.Context()
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(endpoint)
+    try:
+        await socket.send_multipart([b"", start.to_bytes(8, "big")])
+        batches: list[Batch] = []
+        while True:
+            assert await socket.poll(2000), "the replay socket did not answer"
+            delimiter, seq, payload = await socket.recv_multipart()
+            assert delimiter == b""
+            if not payload:
+                assert seq == END_SEQ
+                return batches
+            batches.append((int.from_bytes(seq, "big"), msgpack.unpackb(payload)[1]))
+    finally:
+        socket.close()
+        context.term()
+
+
+async def test_a_late_subscriber_replays_what_the_sim_published_before_it_came() -> None:
+    endpoint, replay = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    config = SimConfig(
+        model=MODEL, kv_events_endpoint=endpoint, kv_events_replay_endpoint=replay, time_scale=FAST_TIME_SCALE
+    )
+    app = create_app(config)
+    async with app.router.lifespan_context(app), in_process(app) as client:
+        prompt = list(range(1000, 1064))
+        await _complete(client, prompt)  # nobody subscribed: the PUB socket sends these into the void
+        batches = await _replay(replay, 0)  # the engine is idle now, and the replay is still answered
+    assert [seq for seq, _ in batches] == list(range(len(batches)))
+    stored = [e for _, events in batches for e in events if e[0] == "BlockStored"]
+    assert stored == [["BlockStored", chain_hashes(prompt, 16), None, prompt, 16, None, "GPU", None]]
+
+
+async def test_replay_serves_the_last_buffer_steps_batches_from_the_start_asked() -> None:
+    endpoint, replay = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    publisher = KVEventPublisher(endpoint, replay_endpoint=replay, buffer_steps=3)
+    try:
+        for block in range(5):
+            publisher.publish([BlockStored([block], None, [], 16)])
+        assert [seq for seq, _ in await _replay(replay, 0)] == [2, 3, 4]  # 0 and 1 fell out of the buffer
+        assert await _replay(replay, 4) == [(4, [["BlockStored", [4], None, [], 16, None, "GPU", None]])]
+        assert await _replay(replay, 5) == []
+    finally:
+        publisher.close()
+
+
+async def test_a_taken_replay_endpoint_fails_startup_naming_the_flag() -> None:
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    holder = KVEventPublisher(f"tcp://127.0.0.1:{free_port()}", replay_endpoint=replay)
+    try:
+        with pytest.raises(ValueError, match=r"--kv-events-replay-endpoint .*cannot bind"):
+            KVEventPublisher(f"tcp://127.0.0.1:{free_port()}", replay_endpoint=replay)
+    finally:
+        holder.close()
+
+
+def test_the_replay_flag_needs_the_events_flag() -> None:
+    options = parse_args(
+        [
+            "--model",
+            "m",
+            "--kv-events-endpoint",
+            "tcp://127.0.0.1:1",
+            "--kv-events-replay-endpoint",
+            "tcp://127.0.0.1:2",
+        ]
+    )
+    assert options.config.kv_events_replay_endpoint == "tcp://127.0.0.1:2"
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--kv-events-replay-endpoint", "tcp://127.0.0.1:2"])

@@ -11,11 +11,14 @@ import httpx
 import pytest
 from aiohttp import web
 
-from computenet.api import Endpoint
+from computenet.api import Endpoint, PolicySpec
 from computenet.engines.sim import SimConfig
 from computenet.engines.sim.server import create_app as create_sim_app
 from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
-from computenet.gateway.policies import LeastOutstanding, LoadTracker, RoundRobin
+from computenet.gateway.registry import Upstream
+from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState
+from computenet.gateway.routing.presets import build_pipeline
+from computenet.gateway.upstream import Origin
 from computenet.pools.processes import free_port
 
 from ..servers import serve, serve_aiohttp
@@ -35,11 +38,11 @@ async def upstream(handler: Handler) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def gateway_with(
-    *urls: str, policy: str = "round_robin"
+    *urls: str, policy: object = "round-robin"
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
     registry = EndpointRegistry()
     endpoints = [Endpoint(replica=f"r{i}", deployment="d", model="m", url=u) for i, u in enumerate(urls)]
-    await registry.publish("d", endpoints, model="m", policy=policy)
+    await registry.publish("d", endpoints, model="m", policy=PolicySpec.model_validate(policy))
     gateway = Gateway(registry)
     await gateway.start()
     try:
@@ -180,31 +183,49 @@ async def test_a_client_that_leaves_mid_stream_cancels_the_upstream_request() ->
             await anext(resp.aiter_bytes())
         await asyncio.wait_for(upstream_cancelled.wait(), 5)
         await asyncio.sleep(0.05)
-        assert gateway.forwarder.load.outstanding("r0") == 0
+        assert gateway.routing.board.outstanding("r0") == 0
         errors = gateway.metrics.registry.get_sample_value(
             "computenet_gateway_errors_total", {"model": "m", "cause": "client_gone"}
         )
         assert errors == 1
 
 
-def _eps(n: int) -> list[Endpoint]:
-    return [Endpoint(replica=f"r{i}", deployment="d", model="m", url="") for i in range(n)]
+def _eps(n: int) -> list[Upstream]:
+    return [
+        Upstream(f"r{i}", Origin.parse("http://127.0.0.1:9"), "deployment/d", f"r{i}", "") for i in range(n)
+    ]
+
+
+def _pick(policy: str, state: RoutingState, eps: list[Upstream]) -> str:
+    pipeline = build_pipeline(policy)
+    request = RoutingRequest(model="m", prompt_tokens=1)
+    chosen = pipeline.pick(request, eps, state)
+    assert chosen is not None
+    pipeline.routed(request, chosen, state)
+    return chosen.replica
 
 
 def test_round_robin_takes_turns() -> None:
-    policy, load, eps = RoundRobin(), LoadTracker(), _eps(3)
-    assert [policy.pick("m", eps, load).replica for _ in range(6)] == ["r0", "r1", "r2", "r0", "r1", "r2"]
+    pipeline, state, eps = build_pipeline("round-robin"), RoutingState(), _eps(3)
+    picks = []
+    for _ in range(6):
+        request = RoutingRequest(model="m", prompt_tokens=1)
+        chosen = pipeline.pick(request, eps, state)
+        assert chosen is not None
+        pipeline.routed(request, chosen, state)
+        picks.append(chosen.replica)
+    assert picks == ["r0", "r1", "r2", "r0", "r1", "r2"]
 
 
-def test_least_outstanding_prefers_the_idle_replica_and_shares_ties() -> None:
-    policy, load, eps = LeastOutstanding(), LoadTracker(), _eps(3)
-    load.acquire("r0")
-    load.acquire("r1")
-    assert policy.pick("m", eps, load).replica == "r2"
-    load.acquire("r2")
-    assert {policy.pick("m", eps, load).replica for _ in range(3)} == {"r0", "r1", "r2"}
-    load.release("r1")
-    assert policy.pick("m", eps, load).replica == "r1"
+def test_least_request_prefers_the_idle_replica_and_shares_ties() -> None:
+    state, eps = RoutingState(), _eps(3)
+    state.board.acquire("r0")
+    state.board.acquire("r1")
+    assert _pick("least-request", state, eps) == "r2"
+    state.board.acquire("r2")
+    assert {_pick("least-request", state, eps) for _ in range(30)} == {"r0", "r1", "r2"}
+    state.board.release("r1")
+    assert _pick("least_outstanding", state, eps) == "r1"  # the old name still works
 
 
 async def test_embeddings_pass_through_with_unknown_fields_untouched() -> None:

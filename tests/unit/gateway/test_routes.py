@@ -299,7 +299,7 @@ spec: {targets: [{deployment: slow}], timeoutSeconds: 0.3}
         routes, _ = manifest("http://127.0.0.1:9/v1", route)
         async with gateway(routes, [], {"slow": url}) as (client, gw):
             resp = await client.post("/v1/chat/completions", json=CHAT)
-            assert gw.forwarder.load.outstanding("slow-0") == 0
+            assert gw.routing.board.outstanding("slow-0") == 0
     assert stalled.is_set()
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "deadline_exceeded"
 

@@ -1,0 +1,84 @@
+"""Keeping the routing signals' feeds in step with the replicas: scrapes and KV-event streams.
+
+Replicas come and go as the control plane publishes them. Each published replica
+of an engine is scraped for its load; each one that publishes KV events is
+subscribed to; one that is gone is dropped from both and from the routing
+indexes, so nothing the gateway keeps grows with replicas that no longer exist.
+The scraper and the subscriber are created on first need: a gateway in front of
+providers only opens no socket and imports no ZMQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from computenet.engines import ENGINES
+
+from ..registry import EndpointRegistry
+from .pipeline import RoutingState
+from .scrape import EngineScraper
+
+if TYPE_CHECKING:
+    from .kv_events import KVEventSubscriber
+    from .kv_index import KVBlockIndex
+
+log = logging.getLogger(__name__)
+
+
+class SignalFeeds:
+    def __init__(
+        self,
+        registry: EndpointRegistry,
+        state: RoutingState,
+        index: KVBlockIndex,
+        *,
+        scrape_interval_s: float,
+    ) -> None:
+        self.registry, self.state, self.index = registry, state, index
+        self.scraper = EngineScraper(state.board, interval_s=scrape_interval_s)
+        self.kv_events: KVEventSubscriber | None = None
+        self._started = False
+        self._starting: asyncio.Task[None] | None = None
+        registry.on_change(self.sync)
+
+    def sync(self) -> None:
+        """Follow every published replica, and drop the ones that are gone."""
+        upstreams = self.registry.upstreams()
+        live = {u.replica for u in upstreams}
+        for up in upstreams:
+            if up.engine in ENGINES:
+                self.scraper.track(up.replica, up.origin.url, up.engine)
+            if up.kv_events:
+                self._subscriber().track(up.replica, up.kv_events, up.kv_events_replay)
+        for replica in self.scraper.tracked() - live:
+            self.scraper.untrack(replica)
+        if self.kv_events is not None:
+            for replica in set(self.kv_events.tracked()) - live:
+                self.kv_events.untrack(replica)
+        for replica in set(self.state.approx.replicas()) - live:
+            self.state.approx.forget(replica)
+        self.state.board.forget(live)
+
+    async def start(self) -> None:
+        self._started = True
+        self.sync()
+        await self.scraper.start()
+        if self.kv_events is not None:
+            await self.kv_events.start()
+
+    async def close(self) -> None:
+        await self.scraper.close()
+        if self.kv_events is not None:
+            await self.kv_events.close()
+
+    def _subscriber(self) -> KVEventSubscriber:
+        if self.kv_events is None:
+            from .kv_events import KVEventSubscriber  # needs the kv-events extra (pyzmq, msgpack)
+
+            self.kv_events = KVEventSubscriber(self.index)
+            log.info("following engine KV events for precise prefix routing")
+            if self._started:  # a replica with KV events appeared while serving
+                self._starting = asyncio.get_running_loop().create_task(self.kv_events.start())
+        return self.kv_events

@@ -1,0 +1,213 @@
+"""Which replica already holds a prompt's prefix in its KV cache, known from the engines' own events.
+
+Engines publish every block they cache (`BlockStored`) and evict (`BlockRemoved`),
+so the gateway can keep an exact index of block hash -> replicas instead of
+guessing from what it routed earlier. Routing asks one question per request:
+how many *leading* blocks of this prompt does each replica hold? A block only
+helps if every block before it is cached too (the engine's lookup stops at the
+first miss), so the walk keeps the set of replicas still matching and stops
+when it is empty.
+
+That question runs on every request, so the set is a bitmask: each replica owns
+one bit, each hash maps to the mask of its holders, and a step of the walk is
+one dict lookup and one integer AND. Bits of forgotten replicas are reused, so
+masks stay as wide as the fleet, not as its history.
+
+Per replica the index also keeps how many cached copies of each hash it holds:
+vLLM does not de-duplicate blocks (two requests filling the same block at once
+both cache it and each copy is evicted on its own), so a hash is held until its
+last copy goes. Those counts are also what make `clear` and `forget` cost the
+replica's own blocks, not the whole index.
+
+Events arrive as msgpack decoded them: vLLM's tagged array-like structs
+(`["BlockStored", block_hashes, parent, token_ids, block_size, lora_id, medium,
+lora_name, ...]`), or tagged maps (`{"type": "BlockStored", ...}`) from encoders
+without `array_like`. Missing trailing fields (older vLLM) and extra ones
+(newer) are both fine, and an event kind we do not know is skipped. Hashes are
+opaque: ints in the sim and older vLLM, ints or bytes in newer ones. Pure, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MEDIUM_GPU = "GPU"
+
+Op = Literal["store", "remove", "clear"]
+_STORED_MEDIUM = 6  # field positions in vLLM's array-like structs, the tag at 0
+_REMOVED_MEDIUM = 2
+
+
+@dataclass(slots=True)
+class _Holdings:
+    bit: int  # this replica's bit in the holder masks
+    copies: dict[Hashable, int] = field(default_factory=dict)  # block hash -> cached copies
+
+
+class KVBlockIndex:
+    """Block hash -> replicas whose GPU KV cache holds it, built only from engine KV events."""
+
+    def __init__(self) -> None:
+        self._holders: dict[Hashable, int] = {}  # block hash -> bitmask of replicas holding it
+        self._replicas: dict[str, _Holdings] = {}
+        self._names: dict[int, str] = {}  # bit -> replica
+        self._free_bits: list[int] = []  # bits of forgotten replicas, reused before new ones
+        self._next_bit = 1
+        self._everyone = 0  # mask of every known replica
+
+    def __len__(self) -> int:
+        """Distinct block hashes held by at least one replica."""
+        return len(self._holders)
+
+    def replicas(self) -> list[str]:
+        return list(self._replicas)
+
+    def blocks(self, replica: str) -> int:
+        """Distinct block hashes `replica` holds; 0 for a replica the index has never heard of."""
+        holdings = self._replicas.get(replica)
+        return len(holdings.copies) if holdings is not None else 0
+
+    def apply(self, replica: str, events: Iterable[Any]) -> None:
+        """Apply one batch of `replica`'s events in order; ValueError, and no change, if one is malformed.
+
+        Only GPU blocks count (medium `"GPU"`, or None from engines that do not say):
+        blocks offloaded to CPU or disk tiers cost a transfer to reuse, so scoring them
+        like GPU hits would over-rate a replica. They are skipped until routing weighs tiers.
+        """
+        ops = [parsed for event in events if (parsed := parse_event(event)) is not None]
+        holdings = self._holdings(replica)
+        for op, hashes in ops:
+            if op == "store":
+                self._store(holdings, hashes)
+            elif op == "remove":
+                self._remove(holdings, hashes)
+            else:
+                self._clear(holdings)
+
+    def store(self, replica: str, hashes: Sequence[Hashable]) -> None:
+        """`replica` now holds these blocks (one more copy each)."""
+        self._store(self._holdings(replica), hashes)
+
+    def remove(self, replica: str, hashes: Sequence[Hashable]) -> None:
+        """`replica` dropped one copy of each of these blocks."""
+        holdings = self._replicas.get(replica)
+        if holdings is not None:
+            self._remove(holdings, hashes)
+
+    def clear(self, replica: str) -> None:
+        """Drop every block of `replica` (its cache was reset, or its events can no longer be trusted)."""
+        holdings = self._replicas.get(replica)
+        if holdings is not None:
+            self._clear(holdings)
+
+    def forget(self, replica: str) -> None:
+        """`replica` is gone: drop its blocks and free its bit for the next replica."""
+        holdings = self._replicas.pop(replica, None)
+        if holdings is None:
+            return
+        self._clear(holdings)
+        del self._names[holdings.bit]
+        self._everyone &= ~holdings.bit
+        self._free_bits.append(holdings.bit)
+
+    def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]:
+        """How many leading blocks of `block_hashes` each replica holds; replicas with none are left out."""
+        found: dict[str, int] = {}
+        get = self._holders.get
+        live = self._everyone
+        if not live:
+            return found
+        depth = 0
+        for block_hash in block_hashes:
+            still = live & get(block_hash, 0)
+            if still != live:
+                if depth:
+                    self._record(found, live ^ still, depth)
+                if not still:
+                    return found
+                live = still
+            depth += 1
+        if depth:
+            self._record(found, live, depth)
+        return found
+
+    def _record(self, found: dict[str, int], mask: int, depth: int) -> None:
+        names = self._names
+        while mask:
+            bit = mask & -mask
+            found[names[bit]] = depth
+            mask ^= bit
+
+    def _holdings(self, replica: str) -> _Holdings:
+        holdings = self._replicas.get(replica)
+        if holdings is None:
+            if self._free_bits:
+                bit = self._free_bits.pop()
+            else:
+                bit, self._next_bit = self._next_bit, self._next_bit << 1
+            holdings = self._replicas[replica] = _Holdings(bit)
+            self._names[bit] = replica
+            self._everyone |= bit
+        return holdings
+
+    def _store(self, holdings: _Holdings, hashes: Sequence[Hashable]) -> None:
+        copies, holders, bit = holdings.copies, self._holders, holdings.bit
+        for block_hash in hashes:
+            count = copies.get(block_hash, 0)
+            copies[block_hash] = count + 1
+            if not count:
+                holders[block_hash] = holders.get(block_hash, 0) | bit
+
+    def _remove(self, holdings: _Holdings, hashes: Sequence[Hashable]) -> None:
+        copies = holdings.copies
+        for block_hash in hashes:
+            count = copies.get(block_hash)
+            if count is None:  # stored before we listened, or cleared since: nothing to undo
+                continue
+            if count > 1:
+                copies[block_hash] = count - 1
+            else:
+                del copies[block_hash]
+                self._unhold(block_hash, holdings.bit)
+
+    def _clear(self, holdings: _Holdings) -> None:
+        for block_hash in holdings.copies:
+            self._unhold(block_hash, holdings.bit)
+        holdings.copies = {}
+
+    def _unhold(self, block_hash: Hashable, bit: int) -> None:
+        holders = self._holders
+        mask = holders[block_hash] & ~bit
+        if mask:
+            holders[block_hash] = mask
+        else:
+            del holders[block_hash]
+
+
+def parse_event(event: Any) -> tuple[Op, tuple[Hashable, ...]] | None:
+    """One decoded event as (op, block hashes); None for events that do not touch GPU blocks."""
+    if isinstance(event, list | tuple) and event:
+        tag = event[0]
+        hashes = event[1] if len(event) > 1 else None
+        at = _STORED_MEDIUM if tag == "BlockStored" else _REMOVED_MEDIUM
+        medium = event[at] if len(event) > at else None
+    elif isinstance(event, dict):
+        tag, hashes, medium = event.get("type"), event.get("block_hashes"), event.get("medium")
+    else:
+        raise ValueError(f"a KV event is a tagged array or map, got {type(event).__name__}")
+    if tag == "AllBlocksCleared":
+        return "clear", ()
+    if tag not in ("BlockStored", "BlockRemoved"):
+        return None  # an event kind newer than this index: nothing it can act on
+    if not isinstance(hashes, list | tuple):
+        raise ValueError(f"{tag}.block_hashes must be an array, got {type(hashes).__name__}")
+    if medium is not None and (not isinstance(medium, str) or medium.upper() != MEDIUM_GPU):
+        return None
+    frozen = tuple(hashes)
+    try:
+        hash(frozen)  # every element hashable, checked at C speed before anything changes
+    except TypeError as exc:
+        raise ValueError(f"{tag}.block_hashes holds an unhashable value: {exc}") from None
+    return ("store" if tag == "BlockStored" else "remove"), frozen

@@ -1,0 +1,259 @@
+"""The routing pipeline: filters, then weighted scorers, then a picker.
+
+This is the shape llm-d's scheduler and the Gateway API inference extension use,
+because it composes: a saturation gate, a prefix-cache scorer and a queue scorer
+are written once each and combined per Route in YAML, with weights. Every scorer
+rates each candidate from 0 (worst) to 1 (best), so weights mean the same thing
+whatever a scorer measures.
+
+A pipeline is pure: everything it reads about endpoints comes from the
+`RoutingState` handed to `pick`, so the fleet simulator runs the very same code in
+virtual time. State a policy keeps between requests (the approximate prefix index,
+session pins, a round-robin turn) changes only in `routed`, which the caller
+invokes for the endpoint it really sent to (the circuit breaker may veto a pick).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, cast
+
+from computenet.engines.base import EngineLoad
+
+from .prefix import ApproxPrefixIndex, SessionTable, text_block_hashes
+from .signals import SignalBoard
+
+
+class Routable(Protocol):
+    """Anything a pipeline can choose between: an upstream of the gateway, a replica of the fleet sim."""
+
+    @property
+    def replica(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def engine(self) -> str: ...
+
+
+R = TypeVar("R", bound=Routable)
+
+
+class PrefixMatcher(Protocol):
+    """Which replicas hold how many leading blocks of a prompt (engine KV events, or the fleet's truth)."""
+
+    def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]: ...
+
+
+@dataclass(slots=True)
+class RoutingRequest:
+    """What routing knows of one request. Block hashes are computed on first use, then kept."""
+
+    model: str
+    prompt_tokens: int
+    content: Any = None  # `messages` or `prompt` as the client sent it
+    session: str | None = None  # x-session-id header, or the body's `user`
+    region: str | None = None  # x-computenet-region header
+    text_blocks: Sequence[Hashable] | None = None  # for approximate prefix affinity
+    engine_blocks: dict[str, Sequence[Hashable]] = field(default_factory=dict)  # per engine name
+
+    def prompt_blocks(self) -> Sequence[Hashable]:
+        if self.text_blocks is None:
+            self.text_blocks = text_block_hashes(self.content)
+        return self.text_blocks
+
+
+class EngineHasher(Protocol):
+    """The block hashes an engine would give this prompt, or None when it cannot be known here."""
+
+    def __call__(self, request: RoutingRequest, engine: str) -> Sequence[Hashable] | None: ...
+
+
+@dataclass
+class RoutingState:
+    """Everything routing reads and remembers, shared by every pipeline of one gateway."""
+
+    board: SignalBoard = field(default_factory=SignalBoard)
+    approx: ApproxPrefixIndex = field(default_factory=ApproxPrefixIndex)
+    sessions: SessionTable = field(default_factory=SessionTable)
+    kv: PrefixMatcher | None = None  # None: no KV events, the precise scorer abstains
+    hasher: EngineHasher | None = None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def engine_blocks(self, request: RoutingRequest, engine: str) -> Sequence[Hashable] | None:
+        found = request.engine_blocks.get(engine)
+        if found is None and self.hasher is not None:
+            found = self.hasher(request, engine)
+            if found is not None:
+                request.engine_blocks[engine] = found
+        return found
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The candidates that passed the filters, and their signals read once for every scorer."""
+
+    candidates: Sequence[Routable]
+    replicas: list[str]
+    in_flight: list[int]  # this gateway's requests in flight
+    engines: list[EngineLoad | None]  # fresh scrapes; None when stale or never scraped
+
+    @classmethod
+    def of(cls, candidates: Sequence[Routable], board: SignalBoard) -> Snapshot:
+        replicas = [c.replica for c in candidates]
+        return cls(candidates, replicas, board.in_flight(replicas), board.engines(replicas))
+
+    def keep(self, keep: Sequence[bool]) -> Snapshot:
+        """The candidates where `keep` is true (a filter's answer)."""
+        if all(keep):
+            return self
+        pos = [i for i, k in enumerate(keep) if k]
+        return Snapshot(
+            [self.candidates[i] for i in pos],
+            [self.replicas[i] for i in pos],
+            [self.in_flight[i] for i in pos],
+            [self.engines[i] for i in pos],
+        )
+
+
+class Filter(Protocol):
+    name: str
+
+    def keep(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[bool]:
+        """Which candidates may take the request; none means none may (the caller answers 503)."""
+        ...
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
+        """One score in [0, 1] per candidate of `snap`, in order; higher is better."""
+        ...
+
+    def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
+        """The request went to `chosen`: remember what later requests should know."""
+        ...
+
+
+class Picker(Protocol):
+    name: str
+
+    def pick(self, totals: Sequence[float], rng: random.Random) -> int:
+        """The position of the winner among candidates with these total scores (never empty)."""
+        ...
+
+    def routed(self) -> None:
+        """The pick was used (a round-robin turn moves only then)."""
+        ...
+
+
+class RoutingPolicy(Protocol):
+    """The seam between the forwarder (or the fleet simulator) and a way of choosing endpoints."""
+
+    name: str
+
+    def pick(self, request: RoutingRequest, candidates: Sequence[R], state: RoutingState) -> R | None:
+        """One of `candidates` (never empty), or None when every one was filtered out."""
+        ...
+
+    def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
+        """The request was really sent to `chosen`."""
+        ...
+
+
+@dataclass
+class Pipeline:
+    """The `RoutingPolicy` every preset and custom policy is. `name`: the preset, or `custom`."""
+
+    name: str
+    filters: Sequence[Filter] = ()
+    scorers: Sequence[tuple[Scorer, float]] = ()
+    picker: Picker = field(default_factory=lambda: MaxScore())
+
+    def pick(self, request: RoutingRequest, candidates: Sequence[R], state: RoutingState) -> R | None:
+        snap = Snapshot.of(candidates, state.board)
+        for gate in self.filters:
+            snap = snap.keep(gate.keep(request, snap, state))
+            if not snap.candidates:
+                return None
+        chosen = snap.candidates
+        if len(chosen) > 1:
+            weighted = [
+                scores if weight == 1 else [weight * v for v in scores]
+                for scorer, weight in self.scorers
+                if weight and (scores := scorer.score(request, snap, state))
+            ]
+            # Summed column by column: one pass instead of one list per scorer (a third of the cost).
+            totals = list(map(sum, zip(*weighted, strict=True))) if weighted else [0.0] * len(chosen)
+            chosen = [chosen[self.picker.pick(totals, state.rng)]]
+        return cast(R, chosen[0])
+
+    def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
+        for scorer, _ in self.scorers:
+            scorer.routed(request, chosen, state)
+        self.picker.routed()
+
+
+# --- pickers -----------------------------------------------------------------------------------------
+
+
+class _Memoryless:
+    def routed(self) -> None:
+        return None
+
+
+class MaxScore(_Memoryless):
+    """The highest total; ties broken at random, so equal endpoints share the work."""
+
+    name = "max"
+
+    def pick(self, totals: Sequence[float], rng: random.Random) -> int:
+        best = max(totals)
+        tied = [i for i, t in enumerate(totals) if t >= best - 1e-9]
+        return tied[0] if len(tied) == 1 else tied[rng.randrange(len(tied))]
+
+
+class RandomPick(_Memoryless):
+    """Uniform, blind to scores: the baseline every policy must beat."""
+
+    name = "random"
+
+    def pick(self, totals: Sequence[float], rng: random.Random) -> int:
+        return rng.randrange(len(totals))
+
+
+class RoundRobinPick:
+    """Each candidate in turn (the turn moves only when a request is really sent)."""
+
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def pick(self, totals: Sequence[float], rng: random.Random) -> int:
+        return self._turn % len(totals)
+
+    def routed(self) -> None:
+        self._turn += 1
+
+
+class PowerOfTwo(_Memoryless):
+    """Two candidates drawn at random, the better one wins: near least-loaded at O(1) scoring cost,
+    and no herd onto one endpoint when many gateways see the same stale figures."""
+
+    name = "power-of-two"
+
+    def pick(self, totals: Sequence[float], rng: random.Random) -> int:
+        a, b = rng.sample(range(len(totals)), 2)
+        if totals[a] == totals[b]:
+            return a  # already a random one of the two
+        return a if totals[a] > totals[b] else b
+
+
+PICKERS: dict[str, Callable[[], Picker]] = {
+    p.name: p for p in (MaxScore, RandomPick, RoundRobinPick, PowerOfTwo)
+}

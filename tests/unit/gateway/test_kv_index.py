@@ -1,0 +1,133 @@
+"""The KV block index: which replica holds the longest leading run of a prompt's blocks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from computenet.gateway.routing.kv_index import KVBlockIndex
+
+
+def stored(*hashes: Any, medium: str | None = "GPU") -> list[Any]:
+    return ["BlockStored", list(hashes), None, [], 16, None, medium, None]
+
+
+def removed(*hashes: Any, medium: str | None = "GPU") -> list[Any]:
+    return ["BlockRemoved", list(hashes), medium]
+
+
+CLEARED = ["AllBlocksCleared"]
+
+
+def test_match_counts_only_the_consecutive_leading_blocks() -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1, 2, 3, 5)])  # holds 5 but not 4: the run stops at 3
+    assert index.match([1, 2, 3, 4, 5]) == {"a": 3}
+    assert index.match([1, 2]) == {"a": 2}
+    assert index.match([2, 3]) == {"a": 2}  # any run from the first block asked for
+    assert index.match([9, 1, 2]) == {}  # a miss on the first block is no match at all
+    assert index.match([]) == {}
+
+
+def test_two_replicas_each_get_their_own_depth() -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1, 2, 3, 4)])
+    index.apply("b", [stored(1, 2)])
+    index.apply("c", [stored(7)])
+    assert index.match([1, 2, 3, 4, 5]) == {"a": 4, "b": 2}
+    assert index.match([1, 2, 8]) == {"a": 2, "b": 2}
+    assert index.match([7, 1]) == {"c": 1}
+
+
+def test_removed_block_cuts_the_run_where_it_was() -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1, 2, 3, 4)])
+    index.apply("b", [stored(1, 2, 3, 4)])
+    index.apply("a", [removed(3)])
+    assert index.match([1, 2, 3, 4]) == {"a": 2, "b": 4}
+    index.apply("a", [removed(99)])  # never stored (or stored before we listened): no effect
+    assert index.blocks("a") == 3
+
+
+def test_a_hash_cached_twice_is_held_until_its_last_copy_goes() -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1, 2), stored(1, 2)])  # vLLM does not de-duplicate blocks
+    index.apply("a", [removed(2)])
+    assert index.match([1, 2]) == {"a": 2}
+    index.apply("a", [removed(2)])
+    assert index.match([1, 2]) == {"a": 1}
+
+
+def test_clear_and_all_blocks_cleared_drop_one_replica_only() -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1, 2)])
+    index.apply("b", [stored(1, 2)])
+    index.clear("a")
+    assert index.match([1, 2]) == {"b": 2}
+    assert index.blocks("a") == 0 and index.blocks("b") == 2
+    index.apply("a", [stored(1)])
+    index.apply("b", [CLEARED, stored(5)])  # events of one batch apply in order
+    assert index.match([1, 2]) == {"a": 1}
+    assert index.match([5]) == {"b": 1}
+    assert len(index) == 2
+
+
+def test_forget_removes_the_replica_and_its_slot_is_reused() -> None:
+    index = KVBlockIndex()
+    for name in ("a", "b", "c"):
+        index.apply(name, [stored(1, 2)])
+    index.forget("b")
+    assert index.match([1, 2]) == {"a": 2, "c": 2}
+    assert sorted(index.replicas()) == ["a", "c"]
+    index.apply("d", [stored(1)])  # takes b's place without inheriting its blocks
+    assert index.match([1, 2]) == {"a": 2, "c": 2, "d": 1}
+    index.forget("nobody")
+    for name in ("a", "c", "d"):
+        index.forget(name)
+    assert len(index) == 0 and index.match([1]) == {}
+
+
+def test_bytes_and_int_hashes_are_opaque_keys() -> None:
+    index = KVBlockIndex()
+    h1, h2 = b"\x01" * 32, b"\x02" * 32
+    index.apply("new-vllm", [stored(h1, h2)])
+    index.apply("sim", [stored(2**64 - 1, 7)])
+    assert index.match([h1, h2]) == {"new-vllm": 2}
+    assert index.match([2**64 - 1, 7]) == {"sim": 2}
+
+
+def test_blocks_off_the_gpu_are_not_counted() -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1, 2), stored(3, medium="CPU"), stored(4, medium=None)])
+    assert index.match([1, 2, 3]) == {"a": 2}
+    assert index.match([4]) == {"a": 1}  # engines that do not say are GPU
+    index.apply("a", [removed(1, medium="CPU")])  # evicted from the CPU tier: still on the GPU
+    assert index.match([1]) == {"a": 1}
+
+
+def test_older_and_newer_event_layouts_are_both_read() -> None:
+    index = KVBlockIndex()
+    older = ["BlockStored", [1, 2], None, [], 16, None]  # before `medium` existed
+    newer = ["BlockStored", [3], 2, [], 16, None, "GPU", None, [None], 0, "full_attention", None]
+    as_map = {"type": "BlockStored", "block_hashes": [4], "medium": "GPU", "lora_name": None}
+    unknown = ["BlockPinned", [1]]  # a kind this index does not know yet
+    index.apply("a", [older, newer, as_map, unknown, ["BlockRemoved", [4]]])
+    assert index.match([1, 2, 3, 4]) == {"a": 3}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "BlockStored",
+        ["BlockStored", 5, None],
+        ["BlockRemoved", [[1, 2]], "GPU"],
+        {"type": "BlockStored"},
+    ],
+)
+def test_a_malformed_event_rejects_the_whole_batch(bad: Any) -> None:
+    index = KVBlockIndex()
+    index.apply("a", [stored(1)])
+    with pytest.raises(ValueError):
+        index.apply("a", [CLEARED, stored(2), bad])
+    assert index.match([1]) == {"a": 1} and index.blocks("a") == 1

@@ -1,0 +1,292 @@
+"""The routing pipeline's policies, one by one, on endpoints whose state the test sets.
+
+Each test builds what the gateway would know (in-flight counts, engine scrapes,
+prefix indexes) and checks where the next request goes, as an operator would see it
+in `x-computenet-replica`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from computenet.api import Endpoint, PolicySpec
+from computenet.engines.base import EngineLoad
+from computenet.engines.sim import SimConfig
+from computenet.engines.sim.server import create_app as create_sim_app
+from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
+from computenet.gateway.routing.hashers import engine_block_hashes
+from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState
+from computenet.gateway.routing.prefix import ApproxPrefixIndex, text_block_hashes
+from computenet.gateway.routing.presets import PRESETS, build_pipeline
+from computenet.pools.processes import free_port
+
+from ..servers import serve
+from .test_forwarding import CHAT, gateway_with, sim
+
+
+@dataclass(frozen=True)
+class Ep:
+    replica: str
+    region: str = "eu"
+    engine: str = "sim"
+
+
+EPS = [Ep("a"), Ep("b"), Ep("c"), Ep("d")]
+
+
+def req(content: object = "hi", **kw: object) -> RoutingRequest:
+    return RoutingRequest(model="m", prompt_tokens=10, content=content, **kw)  # type: ignore[arg-type]
+
+
+def route(
+    policy: object, state: RoutingState, request: RoutingRequest | None = None, eps: Sequence[Ep] = EPS
+) -> str:
+    pipeline = build_pipeline(PolicySpec.model_validate(policy))
+    request = request or req()
+    chosen = pipeline.pick(request, eps, state)
+    assert chosen is not None
+    pipeline.routed(request, chosen, state)
+    return chosen.replica
+
+
+def scrape(state: RoutingState, replica: str, **load: float) -> None:
+    state.board.record_scrape(replica, EngineLoad(**load))  # type: ignore[arg-type]
+
+
+def test_every_preset_builds_and_picks() -> None:
+    for name in PRESETS:
+        assert route(name, RoutingState()) in {"a", "b", "c", "d"}
+
+
+def test_random_spreads_and_round_robin_takes_turns() -> None:
+    state = RoutingState(rng=random.Random(1))
+    spread = Counter(route("random", state) for _ in range(400))
+    assert set(spread) == {"a", "b", "c", "d"} and min(spread.values()) > 60
+    pipeline, picks = build_pipeline("round-robin"), []
+    for _ in range(8):
+        request = req()
+        chosen = pipeline.pick(request, EPS, state)
+        assert chosen is not None
+        pipeline.routed(request, chosen, state)
+        picks.append(chosen.replica)
+    assert picks == ["a", "b", "c", "d"] * 2
+
+
+def test_power_of_two_never_picks_the_busiest() -> None:
+    state = RoutingState(rng=random.Random(2))
+    for replica, busy in zip("abcd", (9, 1, 2, 3), strict=True):
+        for _ in range(busy):
+            state.board.acquire(replica)
+    picks = Counter(route("power-of-two", state) for _ in range(300))
+    assert "a" not in picks and picks["b"] > picks["d"]
+
+
+def test_queue_reads_the_engines_waiting_requests_and_falls_back_on_own_counts_when_stale() -> None:
+    clock = [0.0]
+    state = RoutingState()
+    state.board.clock = lambda: clock[0]
+    for replica, waiting in zip("abcd", (5, 0, 7, 3), strict=True):
+        scrape(state, replica, waiting=waiting)
+    state.board.acquire("b", 100)  # this gateway's own count says b is busy, the engine says idle
+    assert route({"scorers": [{"name": "queue"}]}, state) == "b"
+    clock[0] = 10.0  # every scrape is stale now: only the gateway's own counts are left
+    assert route({"scorers": [{"name": "queue"}]}, state) != "b"
+
+
+def test_kv_usage_prefers_free_cache() -> None:
+    state = RoutingState()
+    for replica, usage in zip("abcd", (0.9, 0.95, 0.2, 0.6), strict=True):
+        scrape(state, replica, kv_cache_usage=usage)
+    assert route({"scorers": [{"name": "kv-usage"}]}, state) == "c"
+
+
+def test_saturation_gate_skips_full_endpoints_and_refuses_when_all_are() -> None:
+    state = RoutingState()
+    policy = {"filters": [{"name": "saturation", "maxWaiting": 4, "maxKvUsage": 0.9}], "scorers": []}
+    for replica in "abc":
+        scrape(state, replica, waiting=10)
+    scrape(state, "d", waiting=0, kv_cache_usage=0.5)
+    assert {route(policy, state) for _ in range(10)} == {"d"}
+    scrape(state, "d", waiting=0, kv_cache_usage=0.95)
+    assert build_pipeline(PolicySpec.model_validate(policy)).pick(req(), EPS, state) is None
+
+
+def test_region_prefers_the_asked_region_and_spills_over() -> None:
+    eps = [Ep("a", "us"), Ep("b", "eu"), Ep("c", "eu")]
+    state = RoutingState()
+    policy = {"filters": [{"name": "region", "region": "eu"}], "scorers": [{"name": "least-request"}]}
+    assert {route(policy, state, eps=eps) for _ in range(20)} == {"b", "c"}
+    assert route(policy, state, req(region="us"), eps) == "a"  # the request's header wins
+    assert route(policy, state, req(region="ap"), eps) in {"a", "b", "c"}  # nothing there: spill over
+    strict = {"filters": [{"name": "region", "region": "ap", "spill": False}]}
+    assert build_pipeline(PolicySpec.model_validate(strict)).pick(req(), eps, state) is None
+
+
+def test_session_affinity_keeps_a_conversation_on_one_endpoint() -> None:
+    state = RoutingState(rng=random.Random(3))
+    policy = {"scorers": [{"name": "session", "weight": 2}, {"name": "least-request"}]}
+    first = route(policy, state, req(session="alice"))
+    state.board.acquire(first)  # even a little busier than the rest
+    assert {route(policy, state, req(session="alice")) for _ in range(10)} == {first}
+    assert len({route(policy, state, req(session=f"s{i}")) for i in range(20)}) > 1
+
+
+def test_lora_affinity_prefers_the_adapter_that_is_loaded_then_a_free_slot() -> None:
+    state = RoutingState()
+    scrape(state, "a", max_lora=2, lora_adapters=frozenset({"x", "y"}))  # type: ignore[arg-type]
+    scrape(state, "b", max_lora=2, lora_adapters=frozenset({"sql"}))  # type: ignore[arg-type]
+    scrape(state, "c", max_lora=2, lora_adapters=frozenset())  # type: ignore[arg-type]
+    scrape(state, "d", max_lora=1, lora_adapters=frozenset({"z"}))  # type: ignore[arg-type]
+    policy = {"scorers": [{"name": "lora"}]}
+    sql = RoutingRequest(model="sql", prompt_tokens=1)
+    assert route(policy, state, sql) == "b"
+    other = RoutingRequest(model="new-adapter", prompt_tokens=1)
+    assert {route(policy, state, other) for _ in range(20)} == {"b", "c"}  # a and d have no free slot
+
+
+LONG = [{"role": "system", "content": "You are a careful assistant. " * 40}, {"role": "user", "content": "q"}]
+
+
+def test_approximate_prefix_follows_the_prompts_this_gateway_sent() -> None:
+    state = RoutingState(rng=random.Random(4))
+    first = route("prefix", state, req(LONG))
+    again = [route("prefix", state, req([LONG[0], {"role": "user", "content": f"q{i}"}])) for i in range(5)]
+    assert set(again) == {first}
+
+
+def test_approximate_index_forgets_the_least_recently_used_blocks() -> None:
+    index = ApproxPrefixIndex(capacity_blocks=4)
+    index.record("a", [1, 2, 3])
+    index.record("a", [1, 9, 10])  # 1 is used again, 2 is now the oldest
+    assert index.blocks("a") == 4 and index.match([1, 2, 3]) == {"a": 1}
+    index.record("b", [1, 2])
+    assert index.match([1, 2, 3]) == {"a": 1, "b": 2}
+    index.forget("a")
+    assert index.match([1, 9]) == {"b": 1}
+
+
+def test_text_blocks_share_a_prefix_exactly_when_the_prompts_do() -> None:
+    one = text_block_hashes(LONG)
+    two = text_block_hashes([LONG[0], {"role": "user", "content": "something else entirely " * 10}])
+    assert len(one) > 10 and one[:10] == two[:10] and one[-1] != two[-1]
+    assert text_block_hashes("short") == []
+
+
+class Matcher:
+    def __init__(self, held: dict[str, int]) -> None:
+        self.held = held
+
+    def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]:
+        return {r: min(n, len(block_hashes)) for r, n in self.held.items()}
+
+
+def test_precise_prefix_follows_the_engines_cache_but_not_into_a_queue() -> None:
+    blocks = list(range(100))
+    state = RoutingState(kv=Matcher({"a": 90, "b": 10}), hasher=lambda request, engine: blocks)
+    assert route("precise-prefix", state, req()) == "a"
+    for replica, waiting in zip("abcd", (40, 0, 0, 0), strict=True):
+        scrape(state, replica, waiting=waiting, kv_cache_usage=0.99 if replica == "a" else 0.1)
+    for _ in range(30):
+        state.board.acquire("a")
+    assert route("precise-prefix", state, req()) != "a"  # its cache is not worth that queue
+
+
+def test_precise_prefix_without_kv_events_is_load_aware() -> None:
+    state = RoutingState(rng=random.Random(5))
+    for replica in "abc":
+        state.board.acquire(replica)
+    assert route("precise-prefix", state) == "d"
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("fastest", "preset"),
+        ({"scorers": [{"name": "prefx"}]}, "scorers.0.name"),
+        ({"filters": [{"name": "saturation", "region": "x"}]}, "takes maxInFlight, maxKvUsage, maxWaiting"),
+        ({"scorers": [{"name": "queue", "region": "x"}]}, "only the `region` scorer does"),
+    ],
+)
+def test_a_bad_policy_is_refused_naming_the_field(policy: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PolicySpec.model_validate(policy)
+
+
+async def test_through_the_gateway_a_session_and_a_shared_prompt_each_stay_on_one_replica() -> None:
+    """Three real sim replicas behind the gateway: what an operator sees in x-computenet-replica."""
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(sim()) for _ in range(3)]
+        session_policy = {"scorers": [{"name": "session", "weight": 2}, {"name": "least-request"}]}
+        client, _ = await stack.enter_async_context(gateway_with(*urls, policy=session_policy))
+
+        async def replica(body: dict[str, object], headers: dict[str, str] | None = None) -> str:
+            resp = await client.post("/v1/chat/completions", json=body, headers=headers)
+            assert resp.status_code == 200
+            return resp.headers["x-computenet-replica"]
+
+        by_header = {await replica(CHAT, {"x-session-id": "alice"}) for _ in range(4)}
+        by_user = {await replica({**CHAT, "user": "bob"}) for _ in range(4)}
+        assert len(by_header) == 1 and len(by_user) == 1
+        spread = {await replica({**CHAT, "user": f"u{i}"}) for i in range(9)}
+        assert len(spread) > 1
+
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(sim()) for _ in range(3)]
+        client, _ = await stack.enter_async_context(gateway_with(*urls, policy="prefix"))
+        shared = [
+            await replica_of(client, {**CHAT, "messages": [LONG[0], {"role": "user", "content": f"q{i}"}]})
+            for i in range(5)
+        ]
+        assert len(set(shared)) == 1
+
+
+async def replica_of(client: httpx.AsyncClient, body: dict[str, object]) -> str:
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200
+    return resp.headers["x-computenet-replica"]
+
+
+async def test_precise_prefix_sends_a_shared_prompt_to_the_replica_whose_engine_reported_it() -> None:
+    """Three sim replicas publishing vLLM-format KV events over ZMQ; the gateway subscribes to each
+    and routes prompts that share a long system prompt to the replica that holds its blocks."""
+    async with contextlib.AsyncExitStack() as stack:
+        endpoints = []
+        for i in range(3):
+            events, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            config = SimConfig(
+                model="m", time_scale=50, kv_events_endpoint=events, kv_events_replay_endpoint=replay
+            )
+            app = create_sim_app(config)
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            url = await stack.enter_async_context(serve(app))
+            endpoints.append(Endpoint(f"r{i}", "d", "m", url, kv_events=events, kv_events_replay=replay))
+        registry = EndpointRegistry()
+        await registry.publish("d", endpoints, model="m", policy="precise-prefix")
+        gateway = Gateway(registry)
+        await gateway.start()
+        stack.push_async_callback(gateway.close)
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(
+                base_url=await stack.enter_async_context(serve(GatewayApp(gateway))), timeout=10
+            )
+        )
+
+        def chat(question: str) -> dict[str, object]:
+            return {**CHAT, "messages": [LONG[0], {"role": "user", "content": question}]}
+
+        first = await replica_of(client, chat("q0"))
+        blocks = engine_block_hashes(RoutingRequest("m", 1, content=chat("q0")["messages"]), "sim")
+        assert blocks
+        async with asyncio.timeout(5):  # the engine's events reach the gateway's index
+            while gateway.kv_index.match(blocks).get(first, 0) < len(blocks) // 2:
+                await asyncio.sleep(0.02)
+        assert {await replica_of(client, chat(f"q{i}")) for i in range(1, 6)} == {first}
+        assert set(gateway.feeds.kv_events.tracked()) == {"r0", "r1", "r2"}  # type: ignore[union-attr]
