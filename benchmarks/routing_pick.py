@@ -52,6 +52,11 @@ class Ep:
     engine: str = "sim"
 
 
+def own_block(prompt: int, block: int) -> int:
+    """A block hash as the gateway computes them (chained, 64-bit ints), distinct per prompt."""
+    return (prompt << 20) | block
+
+
 def build_state(endpoints: list[Ep], blocks: int, rng: random.Random) -> RoutingState:
     kv = KVBlockIndex()
     state = RoutingState(kv=kv, approx=ApproxPrefixIndex(), rng=rng)
@@ -64,7 +69,7 @@ def build_state(endpoints: list[Ep], blocks: int, rng: random.Random) -> Routing
             state.board.acquire(ep.replica, 500)
     for prompt in range(4000):  # a shared system prompt (block 0..15), then each prompt's own blocks
         owner = endpoints[prompt % len(endpoints)].replica
-        hashes = list(range(16)) + [(prompt, b) for b in range(16, blocks)]
+        hashes = list(range(16)) + [own_block(prompt, b) for b in range(16, blocks)]
         kv.store(owner, hashes)
         state.approx.record(owner, hashes)
     for session in range(300):
@@ -87,7 +92,7 @@ def main() -> None:
     pick_s, routed_s = [], []
     for n in range(args.picks):
         prompt = n % 4000
-        blocks = list(range(16)) + [(prompt, b) for b in range(16, args.blocks // 2)] + [("new", n)]
+        blocks = list(range(16)) + [own_block(prompt, b) for b in range(16, args.blocks // 2)] + [-1 - n]
         request = RoutingRequest(
             model="m",
             prompt_tokens=args.blocks * 16,

@@ -93,7 +93,14 @@ class PrecisePrefix(_Stateless):
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         if state.kv is None:
             return [0.0] * len(snap.replicas)
-        # Per engine kind (usually one per backend): the prompt's blocks, and who holds how many.
+        first = snap.candidates[0].engine
+        if all(c.engine == first for c in snap.candidates):  # the usual case: one deployment, one engine
+            blocks = state.engine_blocks(request, first)
+            if not blocks:
+                return [0.0] * len(snap.replicas)
+            held, total = state.kv.match(blocks), len(blocks)
+            return [held.get(r, 0) / total for r in snap.replicas]
+        # Mixed engines: per engine kind, the prompt's blocks and who holds how many.
         found: dict[str, tuple[int, dict[str, int]]] = {}
         scores: list[float] = []
         for c in snap.candidates:
