@@ -1,6 +1,6 @@
 """What one routing decision costs: picking among N endpoints with every filter and scorer on.
 
-    .venv/bin/python benchmarks/routing_pick.py [--endpoints 64] [--blocks 128] [--picks 20000]
+    .venv/bin/python benchmarks/routing_pick.py [--endpoints 64] [--blocks 128] [--picks 20000] [--preset NAME]
 
 The gateway decides once per request, on the event loop, so this is latency added
 to every request and CPU taken from every other one. The state is a busy fleet:
@@ -82,13 +82,14 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=128, help="prompt length in KV blocks (16 tokens each)")
     parser.add_argument("--picks", type=int, default=20000)
+    parser.add_argument("--preset", help="time this preset instead of every filter and scorer at once")
     args = parser.parse_args()
     rng = random.Random(0)
     endpoints = [Ep(f"ep-{i}", f"r{i % 4}") for i in range(args.endpoints)]
     state = build_state(endpoints, args.blocks, rng)
     gc.collect()
     gc.freeze()  # as the gateway does at startup: long-lived state stays out of the collector's passes
-    pipeline = build_pipeline(PolicySpec.model_validate(ALL_ON))
+    pipeline = build_pipeline(args.preset or PolicySpec.model_validate(ALL_ON))
     pick_s, routed_s = [], []
     for n in range(args.picks):
         prompt = n % 4000
@@ -111,6 +112,7 @@ def main() -> None:
     pick_s.sort()
     routed_s.sort()
     result = {
+        "policy": args.preset or "all filters and scorers",
         "endpoints": args.endpoints,
         "prompt_blocks": args.blocks // 2 + 1,
         "picks": args.picks,
