@@ -206,6 +206,7 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
                 deployment=STATIC_DEPLOYMENT,
                 model=settings["model"],
                 url=url,
+                engine="",  # any OpenAI-compatible server: no engine metrics to scrape, no KV events
             )
             for i, url in enumerate(urls)
         ]
