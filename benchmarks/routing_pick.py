@@ -1,6 +1,7 @@
 """What one routing decision costs: picking among N endpoints with every filter and scorer on.
 
-    .venv/bin/python benchmarks/routing_pick.py [--endpoints 64] [--blocks 128] [--picks 20000] [--preset NAME]
+    .venv/bin/python benchmarks/routing_pick.py [--endpoints 64] [--blocks 128] [--picks 20000]
+        [--preset NAME]
 
 The gateway decides once per request, on the event loop, so this is latency added
 to every request and CPU taken from every other one. The state is a busy fleet:
