@@ -67,7 +67,7 @@ def build_state(endpoints: list[Ep], blocks: int, rng: random.Random) -> Routing
         )
         state.board.record_scrape(ep.replica, load)
         for _ in range(rng.randrange(32)):
-            state.board.acquire(ep.replica, 500)
+            state.board.acquire(ep.replica)
     for prompt in range(4000):  # a shared system prompt (block 0..15), then each prompt's own blocks
         owner = endpoints[prompt % len(endpoints)].replica
         hashes = list(range(16)) + [own_block(prompt, b) for b in range(16, blocks)]
@@ -97,7 +97,6 @@ def main() -> None:
         blocks = list(range(16)) + [own_block(prompt, b) for b in range(16, args.blocks // 2)] + [-1 - n]
         request = RoutingRequest(
             model="m",
-            prompt_tokens=args.blocks * 16,
             session=f"s{n % 600}",
             text_blocks=blocks,
             engine_blocks={"sim": blocks},

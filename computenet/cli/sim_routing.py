@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import cast
 
 from computenet.api.routing import LEGACY_PRESETS
 from computenet.engines.base import EngineLoad
@@ -43,7 +44,7 @@ class _FleetCache:
         self.views: dict[str, ReplicaView] = {}
 
     def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]:
-        hashes = [h for h in block_hashes if isinstance(h, int)]
+        hashes = cast(Sequence[int], block_hashes)  # the fleet's own requests' hashes: always ints
         found = {name: view.cached_prefix_blocks(hashes) for name, view in self.views.items()}
         return {name: depth for name, depth in found.items() if depth}
 
@@ -62,7 +63,6 @@ class GatewayRouter:
         blocks = request.block_hashes
         routing = RoutingRequest(
             model=self.model,
-            prompt_tokens=request.prompt_len,
             text_blocks=blocks,
             engine_blocks={ENGINE: blocks},
         )

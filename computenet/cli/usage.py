@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from computenet.store import ResourceStore
 
@@ -95,6 +95,12 @@ def _usage_db(url: str) -> str:
             "give sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...",
             exit_code=2,
         ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise CliError(
+            f"error: --usage-db: {parsed.get_backend_name()} is not supported; "
+            "give sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...",
+            exit_code=2,
+        )
     # Opening a store creates its tables: a mistyped path would read as "no usage" from a new file.
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         raise CliError(f"error: --usage-db: no database file at {parsed.database!r}", exit_code=2)
@@ -102,7 +108,17 @@ def _usage_db(url: str) -> str:
 
 
 async def _read_db(url: str, tenant: str | None, since: float | None, until: float | None) -> list[Row]:
-    store = await ResourceStore.open(url)
+    try:
+        store = await ResourceStore.open(url)
+    except ImportError as exc:
+        raise CliError(
+            f"error: --usage-db: the database driver {exc.name} is not installed; pip install it",
+            exit_code=2,
+        ) from None
+    except (OSError, ValueError, SQLAlchemyError) as exc:
+        bad_url = isinstance(exc, ArgumentError)  # e.g. an unknown driver: the user's input, exit 2
+        message = f"error: --usage-db: cannot read {url}: {exc}".splitlines()[0]
+        raise CliError(message, exit_code=2 if bad_url else 1) from None
     try:
         totals = await store.usage.totals(tenant=tenant, since=since, until=until)
     finally:

@@ -75,7 +75,7 @@ class Gateway:
         self.breakers = Breakers()
         self.pool = UpstreamPool(connect_timeout_s=connect_timeout_s)
         self.kv_index = KVBlockIndex()
-        self.routing = RoutingState(kv=self.kv_index, hasher=engine_block_hashes)
+        self.routing = RoutingState(hasher=engine_block_hashes)  # kv: set when a replica publishes events
         self.feeds = SignalFeeds(
             self.registry, self.routing, self.kv_index, scrape_interval_s=scrape_interval_s
         )
@@ -231,7 +231,6 @@ class GatewayApp:
             started=started,
             routing=RoutingRequest(
                 model=model,
-                prompt_tokens=parsed.prompt_tokens_estimate,
                 content=parsed.content,
                 session=session.decode("latin-1") if session else parsed.user,
                 region=region.decode("latin-1") if region else None,

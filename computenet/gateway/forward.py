@@ -58,6 +58,14 @@ class Exchange:
     attempts: int = 0
 
 
+NO_REPLICA = "no ready replica"
+SATURATED = "every replica saturated"
+
+
+class _Saturated(Exception):
+    """The routing policy's filters turned every remaining replica of a backend away."""
+
+
 class _Retryable(Exception):
     def __init__(self, cause: str, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -114,10 +122,15 @@ class Forwarder:
         backends = plan.order(self._rng) if primaries > 1 or plan.fallbacks else list(plan.targets)
         for backend in backends:
             while ex.attempts < budget:
-                upstream = self._choose(ex.routing, backend, policy, tried)
+                try:
+                    upstream = self._choose(ex.routing, backend, policy, tried)
+                except _Saturated:
+                    errors.append(f"{backend.label}: {SATURATED}")
+                    all_429 = False
+                    break
                 if upstream is None:
                     if not tried.intersection(u.replica for u in self.table.candidates(backend)):
-                        errors.append(f"{backend.label}: no ready replica")
+                        errors.append(f"{backend.label}: {NO_REPLICA}")
                         all_429 = False
                     break
                 tried.add(upstream.replica)
@@ -140,15 +153,22 @@ class Forwarder:
     def _choose(
         self, request: RoutingRequest, backend: Backend, policy: RoutingPolicy, tried: set[str]
     ) -> Upstream | None:
+        """The replica to try next; None when none is left. Raises _Saturated when the policy's
+        filters turned every remaining replica away."""
         candidates = self.table.candidates(backend)
         if tried:
             candidates = tuple(u for u in candidates if u.replica not in tried)
         while candidates:
-            upstream = policy.pick(request, candidates, self.state) if len(candidates) > 1 else candidates[0]
-            if upstream is None:  # filtered out, every one (saturated, say)
-                return None
+            if backend.deployment is None:  # a provider model: one upstream, nothing to choose
+                upstream = candidates[0]
+            else:
+                picked = policy.pick(request, candidates, self.state)
+                if picked is None:
+                    raise _Saturated
+                upstream = picked
             if self.breakers.get(upstream.replica).allows():
-                policy.routed(request, upstream, self.state)
+                if backend.deployment is not None:
+                    policy.routed(request, upstream, self.state)
                 return upstream
             tried.add(upstream.replica)
             candidates = tuple(u for u in candidates if u is not upstream)
@@ -158,7 +178,7 @@ class Forwarder:
         breaker = self.breakers.get(up.replica)
         body = ex.body if up.model is None or up.model == ex.model else _with_model(ex.body, up.model)
         headers = ex.headers + list(up.headers) if up.headers else ex.headers
-        self.state.board.acquire(up.replica, ex.prompt_estimate)
+        self.state.board.acquire(up.replica)
         resp: UpstreamResponse | None = None
         verdict: bool | None = None  # True success, False failure, None: neither (client gone)
         try:
@@ -201,7 +221,7 @@ class Forwarder:
             log.warning("request %s: stream from %s broke: %s", ex.request_id, up.replica, exc)
             await _end_stream_with_error(send, f"the backend failed mid-stream: {exc}", "upstream_error")
         finally:
-            self.state.board.release(up.replica, ex.prompt_estimate)
+            self.state.board.release(up.replica)
             if resp is not None:
                 if verdict is True and ex.cause == "":
                     resp.release()
@@ -249,14 +269,18 @@ class Forwarder:
             body = json_error(
                 f"every backend of `{ex.model}` is rate limited: {tried}", "rate_limit_error", "rate_limited"
             )
-        elif all("no ready replica" in e for e in errors):
-            ex.status, ex.cause = 503, "no_capacity"
+        elif all(e.endswith((NO_REPLICA, SATURATED)) for e in errors):
+            saturated = any(e.endswith(SATURATED) for e in errors)
+            ex.status, ex.cause = 503, "saturated" if saturated else "no_capacity"
             ex.response_headers.append((b"retry-after", b"1"))
-            body = json_error(
-                f"`{ex.model}` has no ready replica yet; retry shortly or check `computenet get deployments`",
-                "service_unavailable",
-                "no_capacity",
+            message = (
+                f"every replica of `{ex.model}` is saturated (its queue or KV cache is past the routing "
+                "policy's saturation filter); retry shortly"
+                if saturated
+                else f"`{ex.model}` has no ready replica yet; retry shortly or check "
+                "`computenet get deployments`"
             )
+            body = json_error(message, "service_unavailable", "no_capacity")
         else:
             ex.status, ex.cause = 502, ex.cause or "upstream_failed"
             body = json_error(

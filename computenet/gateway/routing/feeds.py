@@ -4,8 +4,8 @@ Replicas come and go as the control plane publishes them. Each published replica
 of an engine is scraped for its load; each one that publishes KV events is
 subscribed to; one that is gone is dropped from both and from the routing
 indexes, so nothing the gateway keeps grows with replicas that no longer exist.
-The scraper and the subscriber are created on first need: a gateway in front of
-providers only opens no socket and imports no ZMQ.
+The subscriber is created on first need: a gateway with no replica publishing KV
+events opens no ZMQ socket, imports no ZMQ, and hashes no prompt for precise routing.
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ class SignalFeeds:
             from .kv_events import KVEventSubscriber  # needs the kv-events extra (pyzmq, msgpack)
 
             self.kv_events = KVEventSubscriber(self.index)
+            # From now on the precise scorer hashes prompts; before, that would be work for nothing.
+            self.state.kv = self.index
             log.info("following engine KV events for precise prefix routing")
             if self._started:  # a replica with KV events appeared while serving
                 self._starting = asyncio.get_running_loop().create_task(self.kv_events.start())

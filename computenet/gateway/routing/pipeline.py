@@ -53,7 +53,6 @@ class RoutingRequest:
     """What routing knows of one request. Block hashes are computed on first use, then kept."""
 
     model: str
-    prompt_tokens: int
     content: Any = None  # `messages` or `prompt` as the client sent it
     session: str | None = None  # x-session-id header, or the body's `user`
     region: str | None = None  # x-computenet-region header
@@ -79,7 +78,7 @@ class RoutingState:
     board: SignalBoard = field(default_factory=SignalBoard)
     approx: ApproxPrefixIndex = field(default_factory=ApproxPrefixIndex)
     sessions: SessionTable = field(default_factory=SessionTable)
-    kv: PrefixMatcher | None = None  # None: no KV events, the precise scorer abstains
+    kv: PrefixMatcher | None = None  # None until a replica publishes KV events: precise scoring abstains
     hasher: EngineHasher | None = None
     rng: random.Random = field(default_factory=random.Random)
 
@@ -175,6 +174,11 @@ class Pipeline:
     picker: Picker = field(default_factory=lambda: MaxScore())
 
     def pick(self, request: RoutingRequest, candidates: Sequence[R], state: RoutingState) -> R | None:
+        if not self.filters:  # nothing to turn away; with nothing to score either, no signal is read
+            if len(candidates) == 1:
+                return candidates[0]
+            if not self.scorers:
+                return candidates[self.picker.pick([0.0] * len(candidates), state.rng)]
         snap = Snapshot.of(candidates, state.board)
         for gate in self.filters:
             snap = snap.keep(gate.keep(request, snap, state))

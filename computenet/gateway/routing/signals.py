@@ -1,9 +1,9 @@
 """What the gateway knows about each endpoint when it routes: its own counts and the engine's.
 
-Two sources, kept apart because they age differently. The gateway's own counts
-(requests and prompt tokens it has in flight to the endpoint) are exact and
-current. The engine's figures (running and waiting requests, KV-cache usage,
-loaded LoRA adapters) come from scraping its `/metrics` every 100 ms or so; a
+Two sources, kept apart because they age differently. The gateway's own count
+(requests it has in flight to the endpoint) is exact and current. The engine's
+figures (running and waiting requests, KV-cache usage, loaded LoRA adapters) come
+from scraping its `/metrics` every 100 ms or so; a
 scrape older than `stale_after_s` is ignored, so a policy falls back on the
 gateway's own counts rather than trust a replica that stopped answering.
 """
@@ -24,16 +24,9 @@ class EndpointSignals:
     """One endpoint's live state. Mutated in place by the forwarder and the scraper."""
 
     in_flight: int = 0  # requests this gateway has sent and not finished
-    in_flight_tokens: int = 0  # their prompt tokens (estimated)
     engine: EngineLoad | None = None  # the last successful scrape
     scraped_at: float = -1.0  # clock() of that scrape; -1 never
     scrape_errors: int = 0  # consecutive failed scrapes
-
-    def fresh_engine(self, now: float, stale_after_s: float = STALE_AFTER_S) -> EngineLoad | None:
-        """The engine's figures if the last scrape is recent enough to act on."""
-        if self.engine is None or now - self.scraped_at > stale_after_s:
-            return None
-        return self.engine
 
 
 @dataclass
@@ -50,15 +43,12 @@ class SignalBoard:
             found = self._signals[replica] = EndpointSignals()
         return found
 
-    def acquire(self, replica: str, tokens: int = 0) -> None:
-        signals = self.of(replica)
-        signals.in_flight += 1
-        signals.in_flight_tokens += tokens
+    def acquire(self, replica: str) -> None:
+        self.of(replica).in_flight += 1
 
-    def release(self, replica: str, tokens: int = 0) -> None:
+    def release(self, replica: str) -> None:
         signals = self.of(replica)
         signals.in_flight = max(0, signals.in_flight - 1)
-        signals.in_flight_tokens = max(0, signals.in_flight_tokens - tokens)
 
     def outstanding(self, replica: str) -> int:
         found = self._signals.get(replica)
@@ -73,11 +63,11 @@ class SignalBoard:
 
     def engine(self, replica: str) -> EngineLoad | None:
         """The fresh engine figures of `replica`, or None (never scraped, or stale)."""
-        found = self._signals.get(replica)
-        return found.fresh_engine(self.clock(), self.stale_after_s) if found is not None else None
+        return self.engines((replica,))[0]
 
     def engines(self, replicas: Sequence[str]) -> list[EngineLoad | None]:
-        """`engine` of each replica, with one clock read for all (the router asks for 64 at a time)."""
+        """The fresh engine figures of each replica, with one clock read for all (the router asks
+        for 64 at a time)."""
         limit = self.clock() - self.stale_after_s
         out: list[EngineLoad | None] = []
         for replica in replicas:
@@ -93,6 +83,3 @@ class SignalBoard:
         """Drop endpoints that are gone (with nothing in flight), so the board does not grow forever."""
         for replica in [r for r, s in self._signals.items() if r not in keep and s.in_flight == 0]:
             del self._signals[replica]
-
-    def replicas(self) -> list[str]:
-        return list(self._signals)

@@ -180,6 +180,8 @@ async def test_usage_reads_a_standalone_gateways_database_without_a_server(
     [
         ("usage.db", "is not a database URL; give sqlite+aiosqlite:///usage.db"),
         ("sqlite+aiosqlite:///nowhere/usage.db", "no database file at 'nowhere/usage.db'"),
+        ("mysql://u@127.0.0.1:9/usage", "mysql is not supported; give sqlite+aiosqlite:///usage.db"),
+        ("postgresql+nodriver://u@127.0.0.1:9/usage", "postgresql+nodriver"),
     ],
 )
 def test_a_bad_usage_db_exits_2_and_creates_nothing(

@@ -198,7 +198,9 @@ def _eps(n: int) -> list[Upstream]:
 
 def _pick(policy: str, state: RoutingState, eps: list[Upstream]) -> str:
     pipeline = build_pipeline(policy)
-    request = RoutingRequest(model="m", prompt_tokens=1)
+    request = RoutingRequest(
+        model="m",
+    )
     chosen = pipeline.pick(request, eps, state)
     assert chosen is not None
     pipeline.routed(request, chosen, state)
@@ -209,7 +211,9 @@ def test_round_robin_takes_turns() -> None:
     pipeline, state, eps = build_pipeline("round-robin"), RoutingState(), _eps(3)
     picks = []
     for _ in range(6):
-        request = RoutingRequest(model="m", prompt_tokens=1)
+        request = RoutingRequest(
+            model="m",
+        )
         chosen = pipeline.pick(request, eps, state)
         assert chosen is not None
         pipeline.routed(request, chosen, state)

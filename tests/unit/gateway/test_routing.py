@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from aiohttp import web
 
 from computenet.api import Endpoint, PolicySpec
 from computenet.engines.base import EngineLoad
@@ -29,7 +30,7 @@ from computenet.gateway.routing.presets import PRESETS, build_pipeline
 from computenet.pools.processes import free_port
 
 from ..servers import serve
-from .test_forwarding import CHAT, gateway_with, sim
+from .test_forwarding import CHAT, gateway_with, sim, upstream
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ EPS = [Ep("a"), Ep("b"), Ep("c"), Ep("d")]
 
 
 def req(content: object = "hi", **kw: object) -> RoutingRequest:
-    return RoutingRequest(model="m", prompt_tokens=10, content=content, **kw)  # type: ignore[arg-type]
+    return RoutingRequest(model="m", content=content, **kw)  # type: ignore[arg-type]
 
 
 def route(
@@ -95,7 +96,7 @@ def test_queue_reads_the_engines_waiting_requests_and_falls_back_on_own_counts_w
     state.board.clock = lambda: clock[0]
     for replica, waiting in zip("abcd", (5, 0, 7, 3), strict=True):
         scrape(state, replica, waiting=waiting)
-    state.board.acquire("b", 100)  # this gateway's own count says b is busy, the engine says idle
+    state.board.acquire("b")  # this gateway's own count says b is busy, the engine says idle
     assert route({"scorers": [{"name": "queue"}]}, state) == "b"
     clock[0] = 10.0  # every scrape is stale now: only the gateway's own counts are left
     assert route({"scorers": [{"name": "queue"}]}, state) != "b"
@@ -146,9 +147,13 @@ def test_lora_affinity_prefers_the_adapter_that_is_loaded_then_a_free_slot() -> 
     scrape(state, "c", max_lora=2, lora_adapters=frozenset())  # type: ignore[arg-type]
     scrape(state, "d", max_lora=1, lora_adapters=frozenset({"z"}))  # type: ignore[arg-type]
     policy = {"scorers": [{"name": "lora"}]}
-    sql = RoutingRequest(model="sql", prompt_tokens=1)
+    sql = RoutingRequest(
+        model="sql",
+    )
     assert route(policy, state, sql) == "b"
-    other = RoutingRequest(model="new-adapter", prompt_tokens=1)
+    other = RoutingRequest(
+        model="new-adapter",
+    )
     assert {route(policy, state, other) for _ in range(20)} == {"b", "c"}  # a and d have no free slot
 
 
@@ -283,10 +288,32 @@ async def test_precise_prefix_sends_a_shared_prompt_to_the_replica_whose_engine_
             return {**CHAT, "messages": [LONG[0], {"role": "user", "content": question}]}
 
         first = await replica_of(client, chat("q0"))
-        blocks = engine_block_hashes(RoutingRequest("m", 1, content=chat("q0")["messages"]), "sim")
+        blocks = engine_block_hashes(RoutingRequest("m", content=chat("q0")["messages"]), "sim")
         assert blocks
         async with asyncio.timeout(5):  # the engine's events reach the gateway's index
             while gateway.kv_index.match(blocks).get(first, 0) < len(blocks) // 2:
                 await asyncio.sleep(0.02)
         assert {await replica_of(client, chat(f"q{i}")) for i in range(1, 6)} == {first}
         assert set(gateway.feeds.kv_events.tracked()) == {"r0", "r1", "r2"}  # type: ignore[union-attr]
+
+
+async def test_a_saturated_deployment_answers_503_saying_so_and_recovers() -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+    policy = {"filters": [{"name": "saturation", "maxInFlight": 1}]}
+    async with upstream(slow) as url, gateway_with(url, policy=policy) as (client, gateway):
+        held = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        async with asyncio.timeout(5):
+            while not gateway.routing.board.outstanding("r0"):
+                await asyncio.sleep(0.01)
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        release.set()
+        assert (await held).status_code == 200
+        after = await client.post("/v1/chat/completions", json=CHAT)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "is saturated" in refused.json()["error"]["message"]
+    assert after.status_code == 200
