@@ -20,6 +20,12 @@ command line for a given port and upstream, the bearer token a client must send.
   (`POST /v1/chat/completions/render`, `/tokenize`, which the fake upstream answers with
   404, as a vLLM without them would), so two extra round trips per request; this row is
   its plain proxy path.
+
+`ROUTERS` (for `benchmarks/routing_realtime.py`) starts the same installs in front of
+several workers with a routing policy chosen: each is a `FleetRouter`, whose `launch`
+gets every worker's URL and, where the worker publishes them, its KV-event sockets.
+ComputeNet's entry runs `gateway/sim_gateway.py`, because `computenet gateway
+--upstream` cannot say that an upstream is a `sim` with KV events (see that file).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import argparse
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +134,89 @@ PEERS = {
             launch_vllm_rr,
             venv_name="vllm-router",
         ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One engine replica behind a router: its base URL and, if it publishes them, its KV-event sockets."""
+
+    url: str
+    kv_events: str | None = None  # tcp://host:port of the ZMQ PUB socket
+    kv_events_replay: str | None = None  # its replay (ROUTER) socket
+
+
+@dataclass(frozen=True)
+class FleetRouter:
+    """A router with a policy in front of several workers; `peer` names the install it runs from."""
+
+    name: str
+    peer: str  # a key of PEERS: whose venv and version
+    policy: str  # the router's own name for it
+    # (venv, port, model, workers, work directory) -> what to run
+    launch: Callable[[Path, int, str, Sequence[Worker], Path], Launch]
+
+
+SIM_GATEWAY = Path(__file__).resolve().parent / "sim_gateway.py"
+
+
+def fleet_computenet(policy: str) -> Callable[[Path, int, str, Sequence[Worker], Path], Launch]:
+    def launch(venv: Path, port: int, model: str, workers: Sequence[Worker], workdir: Path) -> Launch:
+        argv = [str(venv / "bin" / "python"), str(SIM_GATEWAY), "--port", str(port), "--model", model]
+        argv += ["--policy", policy]
+        for w in workers:
+            argv += ["--worker", ",".join(x for x in (w.url, w.kv_events, w.kv_events_replay) if x)]
+        return Launch(argv)
+
+    return launch
+
+
+def fleet_router_argv(port: int, workers: Sequence[Worker], policy: str) -> list[str]:
+    """sglang-router's and vllm-router's shared flags: every worker, one policy, all on 127.0.0.1."""
+    metrics = ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
+    urls = [w.url for w in workers]
+    return ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, "--policy", policy, *metrics]
+
+
+def fleet_sglang(policy: str) -> Callable[[Path, int, str, Sequence[Worker], Path], Launch]:
+    def launch(venv: Path, port: int, model: str, workers: Sequence[Worker], workdir: Path) -> Launch:
+        return Launch(
+            [str(venv / "bin" / "sglang-router"), "launch", *fleet_router_argv(port, workers, policy)]
+        )
+
+    return launch
+
+
+def fleet_vllm(policy: str) -> Callable[[Path, int, str, Sequence[Worker], Path], Launch]:
+    def launch(venv: Path, port: int, model: str, workers: Sequence[Worker], workdir: Path) -> Launch:
+        argv = [str(venv / "bin" / "vllm-router"), *fleet_router_argv(port, workers, policy)]
+        if policy == "kv_aware":  # its precise policy: the workers' KV events, vLLM's 16-token blocks
+            for w in workers:
+                argv += ["--kv-event-source", f"{w.url}={w.kv_events}"] if w.kv_events else []
+                argv += (
+                    ["--kv-event-replay-source", f"{w.url}={w.kv_events_replay}"]
+                    if w.kv_events_replay
+                    else []
+                )
+            argv += ["--kv-event-model", model, "--kv-event-block-size", "16"]
+        return Launch(argv)
+
+    return launch
+
+
+ROUTERS = {
+    router.name: router
+    for router in (
+        FleetRouter(
+            "computenet/precise-prefix", "computenet", "precise-prefix", fleet_computenet("precise-prefix")
+        ),
+        FleetRouter("computenet/prefix", "computenet", "prefix", fleet_computenet("prefix")),
+        FleetRouter("computenet/round-robin", "computenet", "round-robin", fleet_computenet("round-robin")),
+        FleetRouter("sglang-router/cache_aware", "sglang-router", "cache_aware", fleet_sglang("cache_aware")),
+        FleetRouter("vllm-router/cache_aware", "vllm-router", "cache_aware", fleet_vllm("cache_aware")),
+        FleetRouter("vllm-router/round_robin", "vllm-router", "round_robin", fleet_vllm("round_robin")),
+        FleetRouter("vllm-router/kv_aware", "vllm-router", "kv_aware", fleet_vllm("kv_aware")),
     )
 }
 

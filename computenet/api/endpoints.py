@@ -24,7 +24,7 @@ class Endpoint:
     deployment: str
     model: str  # the public model name clients put in the `model` field
     url: str  # base URL, without /v1
-    role: str = "server"
+    role: str = "server"  # server, router, prefill or decode: the gateway pairs prefill with decode
     engine: str = "sim"
     pool: str = "local"
     kv_events: str | None = None  # the engine's ZMQ KV-event publisher (tcp://host:port), when it has one

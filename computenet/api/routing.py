@@ -23,7 +23,15 @@ from .meta import CamelModel
 PresetName = Literal["random", "round-robin", "least-request", "power-of-two", "prefix", "precise-prefix"]
 FilterName = Literal["saturation", "region"]
 ScorerName = Literal[
-    "least-request", "queue", "kv-usage", "prefix", "precise-prefix", "lora", "session", "region"
+    "least-request",
+    "queue",
+    "kv-usage",
+    "prefix",
+    "precise-prefix",
+    "prefill-load",
+    "lora",
+    "session",
+    "region",
 ]
 PickerName = Literal["max", "random", "round-robin", "power-of-two"]
 DEFAULT_PRESET: PresetName = "precise-prefix"

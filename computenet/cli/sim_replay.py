@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 
 from computenet.engines.sim.catalog import CatalogError, load_catalog
 from computenet.engines.sim.core import CoreConfig, NotEnoughMemory
-from computenet.engines.sim.fleet import Arrival, Fleet, FleetConfig, FleetResult, RequestRecord
+from computenet.engines.sim.fleet import (
+    Arrival,
+    Fleet,
+    FleetConfig,
+    FleetResult,
+    GatewayGate,
+    RequestRecord,
+)
 from computenet.workloads import (
     RequestResult,
     TraceError,
@@ -65,16 +72,27 @@ def _plan(args: argparse.Namespace) -> _Plan:
     gpu, model = _entry("--gpu", catalog.gpu, args.gpu), _entry("--model", catalog.model, args.model)
     core = _core_config(args)
     seed = parse_number("--seed", args.seed, int, allow_zero=True)
+    gateways = parse_number("--gateways", args.gateways, int)
     try:
-        router = make_router(args.router, model=args.model, seed=seed)
+        router = make_router(args.router, model=args.model, seed=seed, gateways=gateways)
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    config = FleetConfig(replicas=parse_number("--replicas", args.replicas, int), core=core)
+    config = FleetConfig(replicas=parse_number("--replicas", args.replicas, int), core=core, gate=_gate(args))
     try:
         fleet = Fleet(model, gpu, config, router)
     except NotEnoughMemory as exc:
         raise BadInput(f"--gpu {args.gpu}: {exc}") from None
     return _Plan(fleet, selected_requests(args))
+
+
+def _gate(args: argparse.Namespace) -> GatewayGate | None:
+    if args.max_in_flight is None:
+        return None
+    return GatewayGate(
+        max_in_flight=parse_number("--max-in-flight", args.max_in_flight, int),
+        max_queue=parse_number("--max-queue", args.max_queue, int, allow_zero=True),
+        max_wait_s=parse_number("--max-wait", args.max_wait, float),
+    )
 
 
 def _entry(flag: str, lookup: Callable[[str], _T], key: str) -> _T:
@@ -117,6 +135,8 @@ def _summary(
     results = [_result(record) for record in result.records]
     extra = {
         "router": args.router,
+        "gateways": int(args.gateways),
+        "max_in_flight": config.gate.max_in_flight if config.gate else None,
         "replicas": config.replicas,
         "gpu": args.gpu,
         "model": args.model,
@@ -144,7 +164,7 @@ def _result(record: RequestRecord) -> RequestResult:
             None,
             None,
             0,
-            error=record.error,
+            error=record.error if record.status == 400 else f"HTTP {record.status}: {record.error}",
             prompt_tokens=record.prompt_tokens,
             sent_s=record.arrival_s,
         )

@@ -10,6 +10,12 @@ fresh scrape, and — standing in for the index the gateway builds from the
 engines' KV events — the blocks each replica's cache really holds. The
 simulator's routers fill in the other names; where a name is taken by the
 gateway, the simulator's version is there as `sim_<name>`.
+
+The approximate index of each replica is sized to that replica's KV cache, as an
+operator would set it. With `gateways` > 1 arrivals take turns over that many
+gateway replicas, each with its own approximate index and session table (the
+precise index is built from the engines' events, so all of them share it); the
+in-flight counts stay the fleet's, so the comparison isolates the prefix state.
 """
 
 from __future__ import annotations
@@ -57,8 +63,11 @@ class GatewayRouter:
         self._cache = _FleetCache()
         self.state = RoutingState(kv=self._cache, rng=random.Random(seed))
         self._replicas: dict[int, _Replica] = {}
+        self._sized = False
+        self._prefilling: list[tuple[SimRequest, str, int]] = []  # charged prefill, no first token yet
 
-    def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int:
+    def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int | None:
+        self._first_tokens()
         candidates = [self._observe(view) for view in replicas]
         blocks = request.block_hashes
         routing = RoutingRequest(
@@ -66,11 +75,28 @@ class GatewayRouter:
             text_blocks=blocks,
             engine_blocks={ENGINE: blocks},
         )
+        if self._sized is False and replicas:
+            self.state.approx.capacity_blocks = replicas[0].kv_blocks
+            self._sized = True
         chosen = self.policy.pick(routing, candidates, self.state)
-        if chosen is None:  # every replica filtered out: the gateway would answer 503; the fleet cannot
-            chosen = min(candidates, key=lambda c: self.state.board.outstanding(c.replica))
+        if chosen is None:  # every replica filtered out: the gateway answers 503
+            return None
         self.policy.routed(routing, chosen, self.state)
+        if routing.prefill_tokens:
+            self._prefilling.append((request, chosen.replica, routing.prefill_tokens))
         return candidates.index(chosen)
+
+    def _first_tokens(self) -> None:
+        """What the forwarder does when a response's first token arrives: its prefill is no longer ahead."""
+        if not self._prefilling:
+            return
+        pending = []
+        for request, replica, tokens in self._prefilling:
+            if request.first_token_s is None and request.finish_s is None:
+                pending.append((request, replica, tokens))
+            else:
+                self.state.board.end_prefill(replica, tokens)
+        self._prefilling = pending
 
     def _observe(self, view: ReplicaView) -> _Replica:
         replica = self._replicas.get(view.index)
@@ -84,6 +110,19 @@ class GatewayRouter:
         )
         self._cache.views[replica.replica] = view
         return replica
+
+
+class GatewayReplicas:
+    """Several gateway replicas in front of one fleet, taking arrivals in turn (a round-robin L4 balancer)."""
+
+    def __init__(self, routers: Sequence[Router]) -> None:
+        self.routers = routers
+        self._turn = 0
+
+    def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int | None:
+        router = self.routers[self._turn % len(self.routers)]
+        self._turn += 1
+        return router.choose(request, replicas)
 
 
 def _gateway_factory(name: str, model: str) -> Callable[[int], Router]:
@@ -102,9 +141,14 @@ def router_factories(model: str) -> Mapping[str, Callable[[int], Router]]:
     return MappingProxyType(factories)
 
 
-def make_router(name: str, *, model: str, seed: int = 0) -> Router:
-    """A router by `--router` name; ValueError listing the known names when there is none."""
+def make_router(name: str, *, model: str, seed: int = 0, gateways: int = 1) -> Router:
+    """A router by `--router` name, behind `gateways` gateway replicas; ValueError listing the known
+    names when there is none."""
     factories = router_factories(model)
     if name not in factories:
         raise ValueError(f"--router: unknown router {name!r}; known: {', '.join(sorted(factories))}")
-    return factories[name](seed)
+    if gateways < 1:
+        raise ValueError(f"--gateways must be at least 1, got {gateways}")
+    if gateways == 1:
+        return factories[name](seed)
+    return GatewayReplicas([factories[name](seed + i) for i in range(gateways)])

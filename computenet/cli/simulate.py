@@ -47,6 +47,19 @@ def _add_replay(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-batched-tokens", default="8192", metavar="N")
     parser.add_argument("--gpu-memory-utilization", default="0.9", metavar="F")
     parser.add_argument("--no-prefix-caching", action="store_true", help="turn vLLM's prefix caching off")
+    parser.add_argument(
+        "--gateways", default="1", metavar="N", help="gateway replicas taking arrivals in turn (default 1)"
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        metavar="N",
+        help="the gateway's admission gate: requests in flight per replica before the rest queue "
+        "(default: no gate)",
+    )
+    parser.add_argument("--max-queue", default="1024", metavar="N", help="the gate's queue (default 1024)")
+    parser.add_argument(
+        "--max-wait", default="30", metavar="S", help="seconds a request may queue before 503 (default 30)"
+    )
     parser.add_argument("--seed", default="0", metavar="S", help="seed of the random router")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.set_defaults(run=_run_replay)

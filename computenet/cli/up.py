@@ -1,8 +1,11 @@
 """`computenet up`: the embedded mode. Store, reconciler, local pool and gateway in one process.
 
 One port serves both the OpenAI-compatible gateway (``/v1``) and the control API
-(``/api/v1``). Signals are ours, not uvicorn's: SIGINT or SIGTERM stops accepting
-requests, then stops every replica, then exits. If this process dies without that
+(``/api/v1``). Replicas publish their KV-cache events on local ports (when pyzmq and
+msgpack are installed: the `kv-events` extra), so the gateway's precise prefix routing
+hears them; a deployment of prefill and decode replicas is served disaggregated.
+Signals are ours, not uvicorn's: SIGINT or SIGTERM stops accepting requests, then
+stops every replica, then exits. If this process dies without that
 chance, the kernel kills the replicas (see `computenet.pools.launcher`).
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -84,7 +88,7 @@ def run_up(manifest: Path, *, state_dir: Path, host: str, port: int, auth: bool 
 
 async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, port: int, auth: bool) -> None:
     store = await ResourceStore.open(sqlite_url(state_dir))
-    pool = LocalPool(state_dir=state_dir, host="127.0.0.1")
+    pool = LocalPool(state_dir=state_dir, host="127.0.0.1", kv_events=_kv_events_installed())
     gateway = embedded_gateway(store, state_dir, auth=auth)
     reconciler = Reconciler(store, {pool.name: pool}, gateway.registry)
     admin_key = await ensure_admin_key(store, state_dir) if auth else None
@@ -124,6 +128,17 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
         await store.close()
         (state_dir / SERVER_FILE).unlink(missing_ok=True)
         log.info("stopped")
+
+
+def _kv_events_installed() -> bool:
+    """Whether replicas can publish KV events here (and the gateway subscribe): the `kv-events` extra."""
+    found = all(importlib.util.find_spec(name) is not None for name in ("zmq", "msgpack"))
+    if not found:
+        log.info(
+            "pyzmq or msgpack is not installed: replicas start without KV events, and precise prefix "
+            "routing falls back on load; pip install 'computenet[kv-events]' to turn it on"
+        )
+    return found
 
 
 def _app(gateway: Gateway, control: Starlette) -> GatewayApp:

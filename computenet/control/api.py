@@ -184,6 +184,8 @@ def _replica_wire(state: ReplicaState) -> dict[str, Any]:
         "lastExitCode": state.last_exit_code,
         "startedAt": state.started_at,
         "message": state.message,
+        "kvEvents": state.kv_events,
+        "kvEventsReplay": state.kv_events_replay,
     }
 
 

@@ -9,17 +9,22 @@ from dataclasses import asdict, replace
 from computenet.api import Deployment, Model
 from computenet.pools import ReplicaSpec
 
+from .roles import role_args
+
 
 def desired_replicas(deployment: Deployment, model: Model) -> list[ReplicaSpec]:
     """One spec per replica of every role, named `<deployment>-<role>-<ordinal>`.
 
     Ordinal names keep `computenet logs` stable across restarts; a changed template
-    (engine, args, model source) shows up as a different `template_hash`.
+    (engine, args, model source) shows up as a different `template_hash`. Prefill and
+    decode replicas get their engine's KV-connector args (`roles.py`).
     """
     spec = deployment.spec
     specs = []
     for role in spec.roles:
         runtime_args = next((r.args for r in model.spec.runtimes if r.engine == spec.engine), {})
+        args = {**runtime_args, **spec.engine_args, **role.engine_args}
+        args |= role_args(spec.engine, role.name, args)  # a prefill or decode replica's KV connector
         template = ReplicaSpec(
             name="",
             deployment=deployment.name,
@@ -27,7 +32,7 @@ def desired_replicas(deployment: Deployment, model: Model) -> list[ReplicaSpec]:
             engine=spec.engine,
             served_name=model.name,
             source=model.spec.source,
-            args={**runtime_args, **spec.engine_args, **role.engine_args},
+            args=args,
             gpus=role.resources.gpus,
             initial_backoff_s=spec.restart_policy.initial_backoff_s,
             max_backoff_s=spec.restart_policy.max_backoff_s,

@@ -22,8 +22,9 @@ from .status import deployment_status
 
 log = logging.getLogger(__name__)
 
-# The roles that take client traffic; prefill/decode replicas sit behind a router.
-SERVING_ROLES = frozenset({"server", "router"})
+# Every role is published with its name: `server` and `router` replicas take whole requests; the
+# gateway pairs `prefill` and `decode` replicas itself when their deployment has no router.
+PUBLISHED_ROLES = frozenset({"server", "router", "prefill", "decode"})
 
 
 class Reconciler:
@@ -144,9 +145,11 @@ class Reconciler:
                 role=s.spec.role,
                 engine=s.spec.engine,
                 pool=s.pool,
+                kv_events=s.kv_events,
+                kv_events_replay=s.kv_events_replay,
             )
             for s in observed
-            if s.phase == ReplicaPhase.READY and s.url and s.spec.role in SERVING_ROLES
+            if s.phase == ReplicaPhase.READY and s.url and s.spec.role in PUBLISHED_ROLES
         )
         if self._published.get(dep.name) != endpoints:
             await self._sink.publish(

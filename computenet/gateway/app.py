@@ -241,7 +241,7 @@ class GatewayApp:
         )
         ex.headers.append((b"traceparent", span.traceparent.encode()))
         if gw.guards.gates is not None and gw.max_in_flight_per_endpoint is not None:
-            endpoints = sum(len(gw.table.candidates(b)) for b in plan.targets)
+            endpoints = sum(gw.forwarder.endpoints_of(b) for b in plan.targets)
             gw.guards.gates.gate(model).capacity = gw.max_in_flight_per_endpoint * endpoints
         try:
             ticket = await gw.guards.admit(ex, plan, key, parsed.max_tokens, priority)
@@ -306,6 +306,7 @@ class GatewayApp:
                     "key_id": key_id,
                     "backend": backend,
                     "endpoint": up.endpoint if up is not None else "",
+                    "prefill_endpoint": ex.prefill,
                     "status": ex.status,
                     "cause": ex.cause,
                     "attempts": ex.attempts,

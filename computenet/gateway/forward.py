@@ -6,6 +6,10 @@ no ready replica all move on — to another replica of the same target, then to 
 other targets (weighted), then to the fallbacks in order — within the route's retry
 budget and deadline. After the first byte an upstream failure ends the stream with
 an OpenAI-shaped error event, because a client cannot un-receive half an answer.
+
+A deployment of prefill and decode replicas (no router of its own) runs each request
+in two legs (`disagg.py`): the prefill leg once, then the decode leg as the attempt
+above, whose retries reuse the prefill's `kv_transfer_params`.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from dataclasses import dataclass
 
 import orjson
 
-from computenet.api import Price
+from computenet.api import PolicySpec, Price
 
 from .asgi import Send, json_error, send_json, start_stream
+from .disagg import Prefilled, PrefillStage, leg_body
 from .metrics import GatewayMetrics
 from .openai import StreamTally, Usage, complete_json, usage_chunk
-from .registry import Upstream
+from .registry import Published, Upstream
 from .resilience import Breakers, backoff_delay, parse_retry_after
 from .routes import Backend, RoutePlan, RouteTable
+from .routing.disagg import PairPolicy, pair_policy
 from .routing.pipeline import RoutingPolicy, RoutingRequest, RoutingState
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 
@@ -56,6 +62,24 @@ class Exchange:
     chunks: int = 0
     cause: str = ""  # why it failed, for metrics: "upstream_5xx", "timeout", "client_gone", ...
     attempts: int = 0
+    prefill: str | None = None  # the replica that prefilled a disaggregated request
+
+
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """A disaggregated deployment as one request sees it."""
+
+    published: Published
+    policy: PairPolicy
+
+    @property
+    def decoders(self) -> tuple[Upstream, ...]:
+        """Where the request is answered; with no decode replica ready, a prefill replica serves it whole."""
+        return self.published.decode or self.published.prefill
+
+    @property
+    def prefillers(self) -> tuple[Upstream, ...]:
+        return self.published.prefill if self.published.decode else ()
 
 
 NO_REPLICA = "no ready replica"
@@ -89,6 +113,8 @@ class Forwarder:
         self.state = state
         self.breakers = breakers
         self._rng = rng or random.Random()
+        self._prefill = PrefillStage(pool, state, breakers, metrics)
+        self._pairs: dict[str, tuple[PolicySpec | str, PairPolicy]] = {}  # by deployment, with its policy
 
     async def forward(self, ex: Exchange, plan: RoutePlan, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -121,15 +147,21 @@ class Forwarder:
         all_429 = True
         backends = plan.order(self._rng) if primaries > 1 or plan.fallbacks else list(plan.targets)
         for backend in backends:
+            pair = self._paired(backend)
+            body: bytes | None = None  # a disaggregated request's decode leg, once its prefill leg ran
             while ex.attempts < budget:
+                candidates = pair.decoders if pair is not None else self.table.candidates(backend)
+                if pair is not None and body is None and any(u.replica not in tried for u in candidates):
+                    body = await self._prefill_leg(ex, backend, pair)
                 try:
-                    upstream = self._choose(ex.routing, backend, policy, tried)
+                    chooser = pair.policy.decode if pair is not None else policy
+                    upstream = self._choose(ex.routing, backend, chooser, tried, candidates)
                 except _Saturated:
                     errors.append(f"{backend.label}: {SATURATED}")
                     all_429 = False
                     break
                 if upstream is None:
-                    if not tried.intersection(u.replica for u in self.table.candidates(backend)):
+                    if not tried.intersection(u.replica for u in candidates):
                         errors.append(f"{backend.label}: {NO_REPLICA}")
                         all_429 = False
                     break
@@ -138,7 +170,7 @@ class Forwarder:
                     await asyncio.sleep(backoff_delay(ex.attempts - 1))
                 ex.attempts += 1
                 try:
-                    await self._attempt(ex, backend, upstream, send)
+                    await self._attempt(ex, backend, upstream, send, body)
                     return
                 except _Retryable as exc:
                     errors.append(f"{upstream.replica}: {exc}")
@@ -150,12 +182,53 @@ class Forwarder:
                     break
         await self._give_up(ex, send, errors, all_429 and bool(retry_afters or errors), retry_afters)
 
+    def endpoints_of(self, backend: Backend) -> int:
+        """Replicas that answer requests for `backend` (a disaggregated deployment: its decode replicas)."""
+        pair = self._paired(backend)
+        return len(pair.decoders) if pair is not None else len(self.table.candidates(backend))
+
+    def _paired(self, backend: Backend) -> _Pair | None:
+        """The deployment behind `backend` when the gateway pairs its prefill and decode replicas."""
+        if backend.deployment is None:
+            return None
+        published = self.table.registry.deployment(backend.deployment)
+        if published is None or not published.disaggregated:
+            return None
+        cached = self._pairs.get(backend.deployment)
+        if cached is None or cached[0] != published.policy:
+            cached = self._pairs[backend.deployment] = (published.policy, pair_policy(published.policy))
+        return _Pair(published, cached[1])
+
+    async def _prefill_leg(self, ex: Exchange, backend: Backend, pair: _Pair) -> bytes:
+        """Run the prefill leg; the decode leg's body (without kv_transfer_params when it failed)."""
+        payload = orjson.loads(ex.body)
+        outcome = Prefilled(None, why="the deployment has no ready prefill replica")
+        if pair.prefillers:
+            outcome = await self._prefill.run(
+                request_id=ex.request_id,
+                path=ex.path,
+                payload=payload,
+                headers=ex.headers,
+                routing=ex.routing,
+                label=backend.label,
+                candidates=pair.prefillers,
+                policy=pair.policy.prefill,
+            )
+        if outcome.replica is not None:
+            ex.prefill = outcome.replica
+            ex.response_headers.append((b"x-computenet-prefill-replica", outcome.replica.encode()))
+        return leg_body(payload, pair.decoders[0].model, outcome.params)
+
     def _choose(
-        self, request: RoutingRequest, backend: Backend, policy: RoutingPolicy, tried: set[str]
+        self,
+        request: RoutingRequest,
+        backend: Backend,
+        policy: RoutingPolicy,
+        tried: set[str],
+        candidates: tuple[Upstream, ...],
     ) -> Upstream | None:
-        """The replica to try next; None when none is left. Raises _Saturated when the policy's
-        filters turned every remaining replica away."""
-        candidates = self.table.candidates(backend)
+        """The replica to try next among `candidates`; None when none is left. Raises _Saturated when
+        the policy's filters turned every remaining replica away."""
         if tried:
             candidates = tuple(u for u in candidates if u.replica not in tried)
         while candidates:
@@ -174,9 +247,13 @@ class Forwarder:
             candidates = tuple(u for u in candidates if u is not upstream)
         return None
 
-    async def _attempt(self, ex: Exchange, backend: Backend, up: Upstream, send: Send) -> None:
+    async def _attempt(
+        self, ex: Exchange, backend: Backend, up: Upstream, send: Send, body: bytes | None = None
+    ) -> None:
+        """One request to `up`: the client's body, or `body` when given (a decode leg's)."""
         breaker = self.breakers.get(up.replica)
-        body = ex.body if up.model is None or up.model == ex.model else _with_model(ex.body, up.model)
+        if body is None:
+            body = ex.body if up.model is None or up.model == ex.model else _with_model(ex.body, up.model)
         headers = ex.headers + list(up.headers) if up.headers else ex.headers
         self.state.board.acquire(up.replica)
         resp: UpstreamResponse | None = None
@@ -195,7 +272,7 @@ class Forwarder:
             # keys never go upstream): a misconfigured backend, so try the next one.
             if status == 429 or status >= 500 or status in (401, 403):
                 retry_after = parse_retry_after(resp.header(b"retry-after"))
-                detail = await _bounded_read(resp)
+                detail = await resp.read_at_most(MAX_ERROR_BODY)
                 verdict = False
                 breaker.failure(retry_after if status in (429, 503) else None)
                 cause = {429: "upstream_429", 401: "upstream_auth", 403: "upstream_auth"}.get(
@@ -222,6 +299,7 @@ class Forwarder:
             await _end_stream_with_error(send, f"the backend failed mid-stream: {exc}", "upstream_error")
         finally:
             self.state.board.release(up.replica)
+            self._prefilled(ex, up.replica)
             if resp is not None:
                 if verdict is True and ex.cause == "":
                     resp.release()
@@ -235,11 +313,21 @@ class Forwarder:
             else:
                 breaker.release_probe()
 
+    def _prefilled(self, ex: Exchange, replica: str) -> None:
+        """The prompt's first token came back, or never will: its prefill is no longer queued on
+        `replica` (the `prefill-load` scorer charged it there). A non-streamed answer arrives whole,
+        so its prefill counts until the end: an overestimate, on the safe side."""
+        if ex.routing.prefill_tokens:
+            self.state.board.end_prefill(replica, ex.routing.prefill_tokens)
+            ex.routing.prefill_tokens = 0
+
     async def _relay(self, ex: Exchange, resp: UpstreamResponse, send: Send) -> None:
         loop = asyncio.get_running_loop()
         first = await resp.next_chunk()
         if first is None:
             raise _Retryable("upstream_5xx", "closed the stream before sending anything")
+        if ex.upstream is not None:
+            self._prefilled(ex, ex.upstream.replica)
         ex.status = 200
         ex.ttft_s = loop.time() - ex.started
         await start_stream(send, ex.response_headers)
@@ -287,14 +375,6 @@ class Forwarder:
                 f"every backend of `{ex.model}` failed: {tried}", "upstream_error", "bad_gateway"
             )
         await send_json(send, ex.status, body, ex.response_headers)
-
-
-async def _bounded_read(resp: UpstreamResponse) -> bytes:
-    parts, size = [], 0
-    while size < MAX_ERROR_BODY and (chunk := await resp.next_chunk()) is not None:
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
 
 
 async def _end_stream_with_error(send: Send, message: str, code: str) -> None:

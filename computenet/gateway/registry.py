@@ -5,6 +5,10 @@
 happen on every request, so everything a request needs — the parsed origin of each
 replica, the per-model list — is built on publish (rare) and read as one dictionary
 access (often).
+
+A deployment's replicas are kept by role: `upstreams` take whole requests (`server`,
+or a disaggregated deployment's own `router`); `prefill` and `decode` replicas of a
+deployment with no router are paired by the gateway itself (see `disagg.py`).
 """
 
 from __future__ import annotations
@@ -32,13 +36,28 @@ class Upstream:
     engine: str = ""  # the engine behind it (its metrics names, its KV block hashes); "" for providers
     kv_events: str | None = None  # where the engine publishes KV events, if it does
     kv_events_replay: str | None = None
+    role: str = "server"  # the deployment role it runs: server, router, prefill or decode
+
+
+PAIRED_ROLES = frozenset({"prefill", "decode"})
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
     model: str
     policy: PolicySpec | str  # a preset name, or a pipeline
-    upstreams: tuple[Upstream, ...]
+    upstreams: tuple[Upstream, ...]  # replicas that take whole requests: `server`, or a PD group's `router`
+    prefill: tuple[Upstream, ...] = ()
+    decode: tuple[Upstream, ...] = ()
+
+    @property
+    def disaggregated(self) -> bool:
+        """Prefill/decode replicas with no router of their own in front: the gateway pairs them."""
+        return not self.upstreams and bool(self.prefill or self.decode)
+
+    @property
+    def every_upstream(self) -> tuple[Upstream, ...]:
+        return self.upstreams + self.prefill + self.decode
 
 
 class EndpointRegistry:
@@ -68,10 +87,17 @@ class EndpointRegistry:
                 engine=e.engine,
                 kv_events=e.kv_events,
                 kv_events_replay=e.kv_events_replay,
+                role=e.role,
             )
             for e in endpoints
         )
-        self._deployments[deployment] = Published(model, policy, upstreams)
+        self._deployments[deployment] = Published(
+            model,
+            policy,
+            tuple(u for u in upstreams if u.role not in PAIRED_ROLES),
+            prefill=tuple(u for u in upstreams if u.role == "prefill"),
+            decode=tuple(u for u in upstreams if u.role == "decode"),
+        )
         self._rebuild()
 
     async def withdraw(self, deployment: str) -> None:
@@ -86,12 +112,12 @@ class EndpointRegistry:
         return self._by_model.get(model, ())
 
     def upstreams(self) -> list[Upstream]:
-        """Every published replica's upstream."""
-        return [u for pub in self._deployments.values() for u in pub.upstreams]
+        """Every published replica's upstream, whatever its role."""
+        return [u for pub in self._deployments.values() for u in pub.every_upstream]
 
     def replicas(self) -> set[str]:
         """The key of every published upstream."""
-        return {u.replica for pub in self._deployments.values() for u in pub.upstreams}
+        return {u.replica for pub in self._deployments.values() for u in pub.every_upstream}
 
     def models(self) -> list[str]:
         return sorted(self._by_model)

@@ -264,6 +264,17 @@ class UpstreamResponse:
     async def next_chunk(self) -> bytes | None:
         return await self._conn.next_chunk()
 
+    async def read_at_most(self, limit: int) -> bytes:
+        """The body, or its first `limit` bytes or so (an error body to quote, an answer that must be small).
+
+        What is left unread makes `release()` close the connection rather than reuse it.
+        """
+        parts, size = [], 0
+        while size < limit and (chunk := await self._conn.next_chunk()) is not None:
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
     def release(self) -> None:
         conn = self._conn
         if conn.reusable:

@@ -52,6 +52,8 @@ class ReplicaState:
     last_exit_code: int | None = None
     started_at: float | None = None  # unix time of the current process's start
     message: str = ""
+    kv_events: str | None = None  # where the current process publishes KV-cache events, if it does
+    kv_events_replay: str | None = None  # and where it replays the batches a subscriber missed
 
     @property
     def name(self) -> str:

@@ -3,6 +3,10 @@
 One supervisor task per replica starts the engine, probes its health path until it
 answers, watches the process, and restarts it with exponential backoff when it dies.
 Output goes to ``<state-dir>/logs/<replica>.log``, appended across restarts.
+
+With `kv_events` on, each start of an engine whose KV-cache events the gateway reads
+(`sim`, `vllm`) is told to publish them on fresh 127.0.0.1 ports, and the replica's
+state says where, so the gateway's precise prefix routing hears every replica.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +26,7 @@ from computenet.engines import LaunchSpec, get_engine
 
 from . import processes
 from .base import ReplicaPhase, ReplicaSpec, ReplicaState
+from .kv_events import kv_events_wiring
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +37,36 @@ FAILED_PROBES_TO_UNREADY = 3
 STABLE_RUN_S = 10.0  # a replica that ran this long ready has its backoff reset
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One start of a replica's process: its command, environment, port and KV-event sockets."""
+
+    argv: list[str]
+    env: dict[str, str] | None
+    port: int
+    kv_events: str | None = None
+    kv_events_replay: str | None = None
+
+
+def render_launch(spec: ReplicaSpec, host: str, ports: Sequence[int], *, kv_events: bool) -> Launch:
+    """The command for `spec` on `ports` (HTTP, KV events, their replay). Pure, so tests read the argv."""
+    port, events_port, replay_port = ports
+    wiring = kv_events_wiring(spec.engine, spec.args, host, events_port, replay_port) if kv_events else None
+    args = {**spec.args, **wiring.args} if wiring is not None else spec.args
+    argv = get_engine(spec.engine).command(
+        LaunchSpec(spec.served_name, spec.source, host, port, args, spec.gpus)
+    )
+    if wiring is None:
+        return Launch(argv, None, port)
+    return Launch(argv, dict(wiring.env) or None, port, wiring.endpoint, wiring.replay_endpoint)
+
+
 class LocalPool:
-    def __init__(self, *, name: str = "local", state_dir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, name: str = "local", state_dir: Path, host: str = "127.0.0.1", kv_events: bool = False
+    ) -> None:
         self.name = name
+        self.kv_events = kv_events  # start engines publishing KV-cache events (needs pyzmq, msgpack)
         self._log_dir = state_dir / "logs"
         self._host = host
         self._supervisors: dict[str, _Supervisor] = {}
@@ -107,22 +140,37 @@ class _Supervisor:
             ran_s = await self._run_once()
             if ran_s >= STABLE_RUN_S:
                 backoff_s = self.state.spec.initial_backoff_s
-            self._update(phase=ReplicaPhase.BACKOFF, url=None, pid=None, restarts=self.state.restarts + 1)
+            self._update(
+                phase=ReplicaPhase.BACKOFF,
+                url=None,
+                pid=None,
+                restarts=self.state.restarts + 1,
+                kv_events=None,
+                kv_events_replay=None,
+            )
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, self.state.spec.max_backoff_s)
 
     async def _run_once(self) -> float:
         """Start the process, follow it until it exits; return how long it was ready."""
         spec = self.state.spec
-        port = processes.free_port(self._host)
-        launch = LaunchSpec(spec.served_name, spec.source, self._host, port, spec.args, spec.gpus)
-        url = f"http://{self._host}:{port}"
+        launch = render_launch(
+            spec, self._host, processes.free_ports(3, self._host), kv_events=self._pool.kv_events
+        )
+        url = f"http://{self._host}:{launch.port}"
         with processes.open_log(self._log_path) as log_file:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log_file.write(f"--- {stamp} starting (restart {self.state.restarts}) on {url}\n".encode())
             log_file.flush()
-            self._proc = await processes.spawn(self._engine.command(launch), log_file)
-        self._update(phase=ReplicaPhase.STARTING, url=url, pid=self._proc.pid, started_at=time.time())
+            self._proc = await processes.spawn(launch.argv, log_file, launch.env)
+        self._update(
+            phase=ReplicaPhase.STARTING,
+            url=url,
+            pid=self._proc.pid,
+            started_at=time.time(),
+            kv_events=launch.kv_events,
+            kv_events_replay=launch.kv_events_replay,
+        )
         ready_at = await self._follow(self._proc, url)
         code = await self._proc.wait()
         self._update(last_exit_code=code, message=f"exited with code {code}")

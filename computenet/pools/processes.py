@@ -23,9 +23,18 @@ TERMINATE_GRACE_S = 5.0
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now. A rare race is survived: the replica then
     fails to bind, exits, and its restart picks another port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports nobody listens on right now (held open together, so never the same one)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 async def spawn(

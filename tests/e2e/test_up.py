@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,19 @@ def test_unknown_model_is_404_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
     assert "no-such-model" in str(err.value)
+
+
+def test_a_conversation_returns_to_the_replica_whose_kv_events_report_its_prompt(up: Up) -> None:
+    """Replicas publish KV events under `up`; the gateway's precise prefix routing follows them."""
+    assert all(r["kvEvents"] for r in up.replicas())
+    for topic in ("gravity", "tides", "orbits", "comets", "eclipses"):
+        messages = [{"role": "user", "content": f"Tell me about {topic}. " * 40}]
+        first = up.http.post("/v1/chat/completions", json={"model": "demo-llm", "messages": messages})
+        time.sleep(0.3)  # the replica's events reach the gateway
+        messages += [{"role": "assistant", "content": "..."}, {"role": "user", "content": "More?"}]
+        second = up.http.post("/v1/chat/completions", json={"model": "demo-llm", "messages": messages})
+        assert second.headers["x-computenet-replica"] == first.headers["x-computenet-replica"]
+        assert second.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
 
 
 def test_get_deployments_shows_two_of_two_ready(up: Up) -> None:

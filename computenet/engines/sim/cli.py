@@ -4,14 +4,17 @@ Flags mirror vLLM's engine arguments (`--max-num-seqs`, `--gpu-memory-utilizatio
 `--enable-prefix-caching`, ...), so a model's tuned args work on both; `--gpu`
 and `--arch` say what the performance model simulates. Unknown flags, and ids the
 catalogue does not know, fail at startup with exit status 2 and a message naming
-the known ones, which the pool driver reports.
+the known ones, which the pool driver reports. `--kv-transfer-config` takes vLLM's
+JSON (`{"kv_connector":"NixlConnector","kv_role":"kv_producer"}` for a prefill
+replica, `kv_consumer` for a decode one, `kv_both` for either); `--kv-link-gbps`
+is the sim's own: the per-GPU link a decode replica pulls KV over.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import uvicorn
@@ -19,6 +22,7 @@ import uvicorn
 from .config import SimConfig
 from .engine import build_core
 from .server import create_app
+from .transfer import KVTransferConfig
 
 GRACEFUL_SHUTDOWN_SECONDS = 5  # open streams get this long after SIGTERM
 
@@ -54,6 +58,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _kv_transfer_config(text: str) -> KVTransferConfig:
+    try:
+        return KVTransferConfig.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m computenet.engines.sim",
@@ -83,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-events-replay-endpoint",
         default=None,
         help="bind vLLM's replay ROUTER socket here: subscribers fetch the batches they missed",
+    )
+    add(
+        "--kv-transfer-config",
+        type=_kv_transfer_config,
+        default=None,
+        help="vLLM's KV connector JSON for disaggregated prefill, e.g. "
+        '\'{"kv_connector":"NixlConnector","kv_role":"kv_both"}\' (kv_producer: prefill replica, '
+        "kv_consumer: decode replica)",
+    )
+    add(
+        "--kv-link-gbps",
+        type=_positive_float,
+        default=defaults.kv_link_gbps,
+        help="GB/s (1e9 bytes/s) of the per-GPU link a decode replica pulls a prompt's KV over "
+        "(default %(default)s: one 400 Gb/s RDMA NIC per GPU)",
     )
     add(
         "--time-scale",
@@ -118,7 +144,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
         kv_events_endpoint=args.kv_events_endpoint,
         kv_events_replay_endpoint=args.kv_events_replay_endpoint,
         time_scale=float(args.time_scale),
+        kv_transfer=args.kv_transfer_config,
+        kv_link_gbps=float(args.kv_link_gbps),
     )
+    if config.kv_transfer is not None:  # a prefill's answer names this replica as where its KV waits
+        config = replace(config, kv_side_channel_host=str(args.host), kv_side_channel_port=int(args.port))
     try:
         build_core(config)  # unknown ids, no room for a KV cache, a context the cache cannot hold
     except ValueError as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .core import CoreConfig
 from .kvcache import BLOCK_SIZE
+from .transfer import DEFAULT_KV_LINK_GBPS, KVTransferConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class SimConfig:
     kv_events_endpoint: str | None = None  # ZMQ PUB address for vLLM-style KV events; None: off
     kv_events_replay_endpoint: str | None = None  # ZMQ ROUTER address serving missed batches (vLLM's)
     time_scale: float = 1.0  # simulated step durations are divided by this (inf: no waiting at all)
+    kv_transfer: KVTransferConfig | None = None  # vLLM's --kv-transfer-config: a prefill/decode side
+    kv_link_gbps: float = DEFAULT_KV_LINK_GBPS  # per-GPU link a decode replica pulls KV over, 1e9 bytes/s
+    # Where this replica says its KV waits (remote_host/remote_port of the params it returns); its address.
+    kv_side_channel_host: str = "127.0.0.1"
+    kv_side_channel_port: int = 0
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -52,6 +58,8 @@ class SimConfig:
             raise ValueError("SimConfig.kv_events_replay_endpoint needs kv_events_endpoint")
         if math.isnan(self.time_scale) or self.time_scale <= 0:
             raise ValueError(f"SimConfig.time_scale must be positive, got {self.time_scale}")
+        if math.isnan(self.kv_link_gbps) or not 0 < self.kv_link_gbps < math.inf:
+            raise ValueError(f"SimConfig.kv_link_gbps must be a positive number, got {self.kv_link_gbps}")
 
     def core_config(self) -> CoreConfig:
         return CoreConfig(

@@ -51,6 +51,7 @@ class StepResult:
     finished: list[SimRequest]
     preempted: int = 0
     steps: int = 1
+    receiving: list[SimRequest] = field(default_factory=list)  # began waiting for their KV (a transfer)
 
 
 class NotEnoughMemory(ValueError):
@@ -92,7 +93,8 @@ class EngineCore:
 
     @property
     def num_waiting(self) -> int:
-        return len(self.scheduler.waiting)
+        """Queued requests, those waiting for their KV to arrive included (as vLLM counts them)."""
+        return len(self.scheduler.waiting) + len(self.scheduler.receiving)
 
     @property
     def has_work(self) -> bool:
@@ -104,6 +106,10 @@ class EngineCore:
     def abort(self, request: SimRequest) -> None:
         self.scheduler.abort(request)
 
+    def finish_receiving(self, request: SimRequest) -> None:
+        """A remotely prefilled request's KV has landed; the next step computes its last prompt token."""
+        self.scheduler.finish_receiving(request)
+
     def step(self, now_s: float) -> StepResult:
         """Schedule and cost one step that starts at `now_s`; tokens land at `now_s + duration_s`."""
         plan = self.scheduler.schedule()
@@ -111,7 +117,7 @@ class EngineCore:
         sampled, finished = self.scheduler.complete(plan, now_s + duration)
         self.busy_s += duration
         self.steps += 1
-        return StepResult(duration, sampled, finished, len(plan.preempted))
+        return StepResult(duration, sampled, finished, len(plan.preempted), receiving=plan.receiving)
 
     def run_until_idle(self, now_s: float = 0.0, *, coalesce: bool = True) -> float:
         """Step on a virtual clock until every request has finished; returns the clock then.

@@ -12,6 +12,11 @@ would have produced them however busy the server's CPU is.
 The task exits when the core runs dry and the next request starts a new one, so
 nothing lingers between bursts (or after a test). A client that goes away aborts
 its request in the core at once, which frees its KV blocks.
+
+A decode replica of a disaggregated pair (see `transfer.py`) pulls a remotely
+prefilled prompt's KV: once the core has given the request its blocks, a timer
+lets the transfer time pass (divided by `time_scale`, like a step) beside the
+steps, and then hands the request back to the core to decode.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from .kvcache import chain_hashes
 from .metrics import SimMetrics, cache_config_info
 from .scheduler import Phase, SimRequest
 from .tokens import generate_pieces
+from .transfer import RemotePrefill, Transfer, kv_bytes_per_token_per_gpu, kv_transfer_seconds
 
 if TYPE_CHECKING:
     from .kv_events import KVEventPublisher
@@ -99,6 +105,24 @@ def build_core(config: SimConfig) -> tuple[EngineCore, int]:
 
 
 @dataclass
+class TransferStats:
+    """The KV this replica pulled from prefill replicas, in simulated seconds."""
+
+    transfers: int = 0
+    tokens: int = 0
+    bytes: float = 0.0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "transfers": self.transfers,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
 class PacingStats:
     """The driver's own timing against the model: planned step time vs wall time between deliveries."""
 
@@ -134,13 +158,25 @@ class Generation:
     """One request as the driver and its HTTP response share it: the driver pushes, `pieces` yields."""
 
     def __init__(
-        self, engine: SimEngine, plan: GenerationPlan, request_id: str, token_ids: list[int]
+        self,
+        engine: SimEngine,
+        plan: GenerationPlan,
+        request_id: str,
+        token_ids: list[int],
+        transfer: Transfer | None = None,
     ) -> None:
         self._engine = engine
         self.plan = plan
         hashes = chain_hashes(token_ids, engine.core.kv.block_size)
         self.request = SimRequest(
-            request_id, len(token_ids), plan.output_tokens, hashes, prompt_token_ids=token_ids, owner=self
+            request_id,
+            len(token_ids),
+            plan.output_tokens,
+            hashes,
+            prompt_token_ids=token_ids,
+            owner=self,
+            remote_prefill=isinstance(transfer, RemotePrefill),
+            remote_decode=transfer is not None and not isinstance(transfer, RemotePrefill),
         )
         self.delivered = 0  # tokens the driver has handed over
         self.closed = False  # the consumer is gone (done, or the client left)
@@ -195,8 +231,12 @@ class SimEngine:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.core, self.max_model_len = build_core(config)
-        self.metrics = SimMetrics(config.model, self.core, cache_config_info(self.core))
+        self.metrics = SimMetrics(
+            config.model, self.core, cache_config_info(self.core), kv_transfer=config.kv_transfer is not None
+        )
         self.stats = PacingStats()
+        self.transfer_stats = TransferStats()
+        self._transfers: dict[SimRequest, asyncio.TimerHandle] = {}  # KV pulls under way
         self._publisher: KVEventPublisher | None = None
         self._driver: asyncio.Task[None] | None = None
         self._in_flight: list[SimRequest] = []  # sampled by the step being slept through
@@ -224,8 +264,25 @@ class SimEngine:
             min_tokens=min_tokens,
         )
 
-    def generate(self, plan: GenerationPlan, request_id: str, token_ids: list[int]) -> Generation:
-        return Generation(self, plan, request_id, token_ids)
+    def generate(
+        self, plan: GenerationPlan, request_id: str, token_ids: list[int], transfer: Transfer | None = None
+    ) -> Generation:
+        return Generation(self, plan, request_id, token_ids, transfer)
+
+    def transfer_params(self, generation: Generation) -> dict[str, Any]:
+        """The `kv_transfer_params` a prefill answers with: where a decode replica finds the prompt's KV."""
+        config = self.config
+        assert config.kv_transfer is not None
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_engine_id": config.kv_transfer.engine_id,
+            "remote_block_ids": generation.request.final_blocks or [],
+            "remote_request_id": generation.request.request_id,
+            "remote_host": config.kv_side_channel_host,
+            "remote_port": config.kv_side_channel_port,
+            "tp_size": config.tp,
+        }
 
     async def start(self) -> None:
         """Server startup: bind the KV-event socket when configured."""
@@ -246,6 +303,9 @@ class SimEngine:
 
     async def close(self) -> None:
         """Server shutdown: stop the driver and close the KV-event socket."""
+        for timer in self._transfers.values():
+            timer.cancel()
+        self._transfers.clear()
         driver, self._driver = self._driver, None
         if driver is not None:
             driver.cancel()
@@ -267,20 +327,38 @@ class SimEngine:
             "core_steps": core.steps,
             "preemptions": core.scheduler.preemptions,
         }
-        return {**self.stats.as_dict(), **busy, "time_scale": self.config.time_scale}
+        scheduler = core.scheduler
+        sources = {
+            "local_compute": scheduler.local_compute_tokens,
+            "local_cache_hit": scheduler.local_cache_hit_tokens,
+            "external_kv_transfer": scheduler.external_kv_tokens,
+        }
+        return {
+            **self.stats.as_dict(),
+            **busy,
+            "time_scale": self.config.time_scale,
+            "prompt_tokens_by_source": sources,
+            "kv_transfer": self.transfer_stats.as_dict(),
+        }
 
     def submit(self, generation: Generation) -> None:
         loop = asyncio.get_running_loop()
         generation.arrival_s = loop.time()
         self.core.add(generation.request)
+        self._wake_driver(loop)
+
+    def _wake_driver(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._driver is None or self._driver.done():
             self._driver = loop.create_task(self._drive(loop), name=f"sim-driver-{self.config.model}")
 
     def release(self, generation: Generation) -> None:
         """The consumer is gone: abort its request if the core still holds it."""
         request = generation.request
-        if request.phase not in (Phase.WAITING, Phase.RUNNING):
+        if request.phase not in (Phase.WAITING, Phase.RUNNING, Phase.RECEIVING):
             return
+        timer = self._transfers.pop(request, None)
+        if timer is not None:
+            timer.cancel()
         self.core.abort(request)
         sleeper = self._sleeper
         in_flight_done = all(r.owner.closed for r in self._in_flight)
@@ -292,6 +370,8 @@ class SimEngine:
         previous = target = loop.time()
         while core.has_work:
             result = core.step(self._model_s)
+            for request in result.receiving:
+                self._start_transfer(loop, request)
             self._model_s += result.duration_s
             planned = result.duration_s / scale
             target += planned
@@ -309,6 +389,28 @@ class SimEngine:
             if not result.duration_s:
                 await asyncio.sleep(STUCK_TICK_S)
                 previous = target = loop.time()
+
+    def _start_transfer(self, loop: asyncio.AbstractEventLoop, request: SimRequest) -> None:
+        """The request holds its blocks: let its prompt's KV arrive over the link, beside the steps."""
+        config, core = self.config, self.core
+        seconds = kv_transfer_seconds(request.transfer_tokens, core.model, config.tp, config.kv_link_gbps)
+        self._transfers[request] = loop.call_later(
+            seconds / config.time_scale, self._transfer_done, loop, request, seconds
+        )
+
+    def _transfer_done(self, loop: asyncio.AbstractEventLoop, request: SimRequest, seconds: float) -> None:
+        del self._transfers[request]
+        config, core = self.config, self.core
+        nbytes = request.transfer_tokens * kv_bytes_per_token_per_gpu(core.model, config.tp) * config.tp
+        stats = self.transfer_stats
+        stats.transfers += 1
+        stats.tokens += request.transfer_tokens
+        stats.bytes += nbytes
+        stats.seconds += seconds
+        self.metrics.observe_kv_transfer(seconds / config.time_scale, nbytes)
+        core.finish_receiving(request)
+        self._publish_events()  # the landed blocks are cached here now: say so before the next step
+        self._wake_driver(loop)
 
     async def _sleep_until(self, loop: asyncio.AbstractEventLoop, target: float) -> bool:
         """Wait for the loop clock to reach `target`; False when `release` cut the wait short."""

@@ -16,6 +16,13 @@ arrival in one call instead of one event per token.
 
 Arrivals are pulled lazily and block hashes are built when a request arrives and
 dropped when it finishes, so memory follows the requests in flight, not the trace.
+
+In front of the replicas can sit the gateway's admission (`GatewayGate`, the
+same rule as `computenet.gateway.admission`): at most so many requests in flight
+per replica, the rest wait in a bounded FIFO and are routed when a slot frees;
+a full queue answers 429 and a wait past `max_wait_s` 503. Under overload that
+is what a client sees instead of queues that grow without bound. A router may
+also refuse a request (every replica filtered out as saturated): 503.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,10 +75,15 @@ class RequestRecord:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     preemptions: int = 0
     error: str | None = None
+    status: int = 200  # what the client got: 400 (cannot be served), 429 or 503 (overload)
+    routed_s: float | None = None  # when it left the gateway's queue for a replica
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def fail(self, status: int, error: str) -> None:
+        self.status, self.error = status, error
 
 
 @dataclass(frozen=True)
@@ -110,11 +123,32 @@ class Autoscaler(Protocol):
 
 
 @dataclass(frozen=True)
+class GatewayGate:
+    """The gateway's admission in front of the fleet: `computenet gateway`'s `maxInFlight` and its queue.
+
+    Capacity follows the routable replicas (max_in_flight x replicas), as the
+    gateway sizes a model's gate by its endpoints.
+    """
+
+    max_in_flight: int  # per replica
+    max_queue: int = 1024
+    max_wait_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1 or self.max_queue < 0 or self.max_wait_s <= 0:
+            raise ValueError(
+                "GatewayGate needs max_in_flight >= 1, max_queue >= 0 and max_wait_s > 0; got "
+                f"{self.max_in_flight}, {self.max_queue} and {self.max_wait_s}"
+            )
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     """Fleet shape and the virtual-time knobs of scaling."""
 
     replicas: int = 1
     core: CoreConfig = field(default_factory=CoreConfig)
+    gate: GatewayGate | None = None  # None: every request goes straight to a replica
     autoscale_interval_s: float = 30.0
     startup_s: float = 60.0  # from scale-up to ready: weights load, CUDA graphs, warm-up
     max_replicas: int = 1024
@@ -164,6 +198,10 @@ class Replica:
     def kv_usage(self) -> float:
         return self.core.kv.usage
 
+    @property
+    def kv_blocks(self) -> int:
+        return self.core.kv.num_blocks
+
     def cached_prefix_tokens(self, block_hashes: Sequence[int]) -> int:
         return self.cached_prefix_blocks(block_hashes) * self.core.kv.block_size
 
@@ -193,6 +231,8 @@ class Fleet:
             self._add_replica(0.0, ready=True)
         self.max_model_len = min(model.max_context, self.replicas[0].core.kv_capacity_tokens)
         self._starts: list[Replica] = []  # replicas to start a step once this instant is applied
+        self._queue: deque[tuple[Arrival, RequestRecord]] = deque()  # waiting at the gateway's gate
+        self._in_flight = 0  # routed and not finished, over the whole fleet
         self._next: Arrival | None = None
         self._end_s = 0.0
 
@@ -211,6 +251,9 @@ class Fleet:
             self._apply_events(now)
             self._take_arrivals(now, source)
             self._start_steps(now)
+        for _, record in self._queue:  # only when the gate's capacity fell to zero with work queued
+            record.fail(503, "no replica left to serve the gateway's queue")
+        self._queue.clear()
         return FleetResult(self.records, self._totals())
 
     # --- the clock ---------------------------------------------------------------------------------
@@ -228,7 +271,7 @@ class Fleet:
             if kind == _STEP_DONE:
                 self._step_done(self.replicas[index], now)
             elif kind == _READY:
-                self._became_ready(self.replicas[index])
+                self._became_ready(self.replicas[index], now)
             else:
                 self._tick(now)
 
@@ -248,9 +291,33 @@ class Fleet:
         record = RequestRecord(len(self.records), arrival.arrival_s, arrival.prompt_len, arrival.output_len)
         self.records.append(record)
         self._end_s = max(self._end_s, now)
-        record.error = self._refusal(arrival)
-        if record.error is not None:
+        refusal = self._refusal(arrival)
+        if refusal is not None:
+            record.fail(400, refusal)
             return
+        gate = self.config.gate
+        if gate is None or (not self._queue and self._in_flight < self._capacity()):
+            self._route(arrival, record, now)
+        elif len(self._queue) >= gate.max_queue:
+            record.fail(429, f"the gateway's queue is full ({gate.max_queue} requests waiting)")
+        else:
+            self._queue.append((arrival, record))
+
+    def _capacity(self) -> int:
+        assert self.config.gate is not None
+        return self.config.gate.max_in_flight * len(self._routable)
+
+    def _dequeue(self, now: float) -> None:
+        """Route waiting requests while the gate has room; those that waited too long get 503."""
+        queue, gate = self._queue, self.config.gate
+        while queue and gate is not None and self._in_flight < self._capacity():
+            arrival, record = queue.popleft()
+            if now - record.arrival_s > gate.max_wait_s:
+                record.fail(503, f"no capacity: waited {gate.max_wait_s:g} s at the gateway for a slot")
+            else:
+                self._route(arrival, record, now)
+
+    def _route(self, arrival: Arrival, record: RequestRecord, now: float) -> None:
         hashes = arrival.block_hashes
         if hashes is None:
             block_size = self.config.core.block_size
@@ -260,9 +327,14 @@ class Fleet:
         request = SimRequest(
             str(record.index), arrival.prompt_len, arrival.output_len, hashes, arrival_s=now, owner=record
         )
-        replica = self._routable[self.router.choose(request, self._routable)]
-        record.replica = replica.index
+        position = self.router.choose(request, self._routable)
+        if position is None:
+            record.fail(503, "every replica is saturated")
+            return
+        replica = self._routable[position]
+        record.replica, record.routed_s = replica.index, now
         replica.outstanding += 1
+        self._in_flight += 1
         replica.core.add(request)
         if not replica.busy:
             self._starts.append(replica)
@@ -289,6 +361,7 @@ class Fleet:
         record.cached_tokens = request.cached_tokens
         record.preemptions = request.num_preemptions
         replica.outstanding -= 1
+        self._in_flight -= 1
         self._end_s = max(self._end_s, now)
 
     # --- steps -------------------------------------------------------------------------------------
@@ -315,6 +388,7 @@ class Fleet:
         for request in replica.finishing:
             self._finish(request, replica, now)
         replica.finishing = []
+        self._dequeue(now)
         if replica.core.has_work:
             self._starts.append(replica)
         elif replica.draining:
@@ -332,10 +406,11 @@ class Fleet:
             self._push(now + self.config.startup_s, _READY, replica.index)
         return replica
 
-    def _became_ready(self, replica: Replica) -> None:
+    def _became_ready(self, replica: Replica, now: float) -> None:
         if replica.removed_s is None:
             replica.ready = True
             self._routable.append(replica)
+            self._dequeue(now)
 
     def _active(self) -> list[Replica]:
         """Replicas that count towards the desired number: ready or starting, not draining."""

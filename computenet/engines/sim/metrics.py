@@ -6,6 +6,9 @@ counters are read from the engine core at scrape time rather than pushed, so
 they can never drift from its real state; latency histograms are observed by the
 driver as it hands tokens out. `computenet_sim_step_lag_seconds` is the sim's
 own health: how late each step's tokens left against the simulated schedule.
+A replica with `--kv-transfer-config` also reports its KV pulls under NixlConnector's
+names (`vllm:nixl_xfer_time_seconds`, `vllm:nixl_bytes_transferred`), and every replica
+says where its prompt tokens' KV came from (`vllm:prompt_tokens_by_source`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ E2E_BUCKETS_SECONDS = (
     40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 LAG_BUCKETS_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# NixlConnector's transfer-time buckets (vllm/distributed/kv_transfer/kv_connector/v1/metrics.py).
+XFER_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0)
+XFER_BUCKETS_BYTES = tuple(float(2**power) for power in range(16, 36, 2))  # 64 KiB .. 16 GiB
 
 _LABELS = ("model_name",)
 
@@ -61,11 +67,27 @@ class _CoreCollector(Collector):
         yield self._family(CounterMetricFamily, "vllm:prefix_cache_hits", hits, core.kv.hit_tokens)
         preempted = "Requests preempted (recomputed) for lack of KV blocks."
         yield self._family(CounterMetricFamily, "vllm:num_preemptions", preempted, core.scheduler.preemptions)
+        yield self._by_source(core)
         info = GaugeMetricFamily(
             "vllm:cache_config_info", "Cache configuration.", labels=list(self._cache_info)
         )
         info.add_metric(list(self._cache_info.values()), 1.0)
         yield info
+
+    def _by_source(self, core: EngineCore) -> CounterMetricFamily:
+        scheduler = core.scheduler
+        family = CounterMetricFamily(
+            "vllm:prompt_tokens_by_source",
+            "Prompt tokens by where their KV came from: computed here, this cache, or another engine.",
+            labels=[*_LABELS, "source"],
+        )
+        for source, value in (
+            ("local_compute", scheduler.local_compute_tokens),
+            ("local_cache_hit", scheduler.local_cache_hit_tokens),
+            ("external_kv_transfer", scheduler.external_kv_tokens),
+        ):
+            family.add_metric([self._model_name, source], float(value))
+        return family
 
     def _family(
         self, kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, doc: str, value: float
@@ -78,7 +100,9 @@ class _CoreCollector(Collector):
 class SimMetrics:
     """The vLLM-named collectors of one sim app, all labelled with the served model name."""
 
-    def __init__(self, model_name: str, core: EngineCore, cache_info: Mapping[str, str]) -> None:
+    def __init__(
+        self, model_name: str, core: EngineCore, cache_info: Mapping[str, str], *, kv_transfer: bool = False
+    ) -> None:
         self.registry = CollectorRegistry()
         self._model_name = model_name
         self.registry.register(_CoreCollector(model_name, core, cache_info))
@@ -94,6 +118,17 @@ class SimMetrics:
         self.itl = self._histogram("vllm:inter_token_latency_seconds", ITL_BUCKETS_SECONDS)
         self._e2e = self._histogram("vllm:e2e_request_latency_seconds", E2E_BUCKETS_SECONDS)
         self.step_lag = self._histogram("computenet_sim_step_lag_seconds", LAG_BUCKETS_SECONDS)
+        self._xfer_time: Histogram | None = None
+        self._xfer_bytes: Histogram | None = None
+        if kv_transfer:
+            self._xfer_time = self._histogram("vllm:nixl_xfer_time_seconds", XFER_BUCKETS_SECONDS)
+            self._xfer_bytes = self._histogram("vllm:nixl_bytes_transferred", XFER_BUCKETS_BYTES)
+
+    def observe_kv_transfer(self, seconds: float, nbytes: float) -> None:
+        """One prompt's KV pulled from a prefill replica."""
+        if self._xfer_time is not None and self._xfer_bytes is not None:
+            self._xfer_time.observe(seconds)
+            self._xfer_bytes.observe(nbytes)
 
     def observe_first_token(self, prompt_tokens: int, ttft_s: float) -> None:
         self._prompt_tokens.inc(prompt_tokens)

@@ -72,6 +72,7 @@ class GenerationRequest(_Lenient):
     n: int = Field(default=1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    kv_transfer_params: dict[str, Any] | None = None  # vLLM's disaggregated prefill (see transfer.py)
 
     @property
     def include_usage(self) -> bool:

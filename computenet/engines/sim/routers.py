@@ -47,6 +47,11 @@ class ReplicaView(Protocol):
         """Share of KV blocks held by requests, vLLM's `kv_cache_usage_perc`."""
         ...
 
+    @property
+    def kv_blocks(self) -> int:
+        """KV blocks the replica's cache holds in all: what an operator sizes a prefix index by."""
+        ...
+
     def cached_prefix_tokens(self, block_hashes: Sequence[int]) -> int:
         """Prompt tokens of the longest prefix of `block_hashes` this replica has cached."""
         ...
@@ -57,8 +62,11 @@ class ReplicaView(Protocol):
 
 
 class Router(Protocol):
-    def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int:
-        """The position in `replicas` (never empty) of the replica that takes `request`."""
+    def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int | None:
+        """The position in `replicas` (never empty) of the replica that takes `request`.
+
+        None refuses it: every replica is saturated, and the gateway would answer 503.
+        """
         ...
 
 

@@ -9,6 +9,14 @@ blocks are freed and it goes back to the front of the queue to be recomputed
 from scratch — until the sequence fits. Only when nothing was preempted are
 waiting requests admitted, first come first served, each starting from its
 longest cached prefix.
+
+A request whose prompt was prefilled by another engine (disaggregated prefill,
+see `transfer.py`) is admitted like the others but computes nothing: it takes
+KV blocks for its prompt and waits in `receiving` while the driver lets the
+transfer time pass (`StepResult.receiving` says whose transfers began). Once
+`finish_receiving` says the KV has landed, it goes back to the head of the queue
+holding its blocks, and only its last prompt token is computed, as vLLM's decode
+engine recomputes it.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from .perf import StepShape
 class Phase(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    RECEIVING = "receiving"  # holds blocks while its prompt's KV arrives from another engine
     FINISHED = "finished"
     ABORTED = "aborted"
 
@@ -38,6 +47,7 @@ class SimRequest:
         "block_hashes",
         "blocks",
         "cached_tokens",
+        "final_blocks",
         "finish_s",
         "first_token_s",
         "num_cached_blocks",
@@ -49,8 +59,11 @@ class SimRequest:
         "phase",
         "prompt_len",
         "prompt_token_ids",
+        "remote_decode",
+        "remote_prefill",
         "request_id",
         "scheduled_once",
+        "transfer_tokens",
     )
 
     def __init__(
@@ -63,6 +76,8 @@ class SimRequest:
         arrival_s: float = 0.0,
         prompt_token_ids: Sequence[int] | None = None,
         owner: Any = None,
+        remote_prefill: bool = False,
+        remote_decode: bool = False,
     ) -> None:
         if prompt_len < 1 or output_len < 1:
             raise ValueError(f"request {request_id}: prompt and output need at least one token")
@@ -83,6 +98,10 @@ class SimRequest:
         self.scheduled_once = False
         self.first_token_s: float | None = None
         self.finish_s: float | None = None
+        self.remote_prefill = remote_prefill  # its prompt's KV comes from another engine
+        self.transfer_tokens = 0  # of those, tokens to pull (the rest hit this engine's cache)
+        self.remote_decode = remote_decode  # another engine decodes: keep `final_blocks` for it
+        self.final_blocks: list[int] | None = None  # the blocks it held when it finished
 
     @property
     def num_tokens(self) -> int:
@@ -99,6 +118,7 @@ class StepPlan:
 
     scheduled: list[tuple[SimRequest, int]] = field(default_factory=list)
     preempted: list[SimRequest] = field(default_factory=list)
+    receiving: list[SimRequest] = field(default_factory=list)  # admitted to wait for their KV
     tokens: int = 0
     logits: int = 0
     attention_pairs: float = 0.0
@@ -138,7 +158,12 @@ class Scheduler:
         self.limits = limits
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
+        self.receiving: list[SimRequest] = []
         self.preemptions = 0
+        # Prompt tokens at first admission by where their KV came from (vLLM's prompt_tokens_by_source).
+        self.local_compute_tokens = 0
+        self.local_cache_hit_tokens = 0
+        self.external_kv_tokens = 0
 
     def add(self, request: SimRequest) -> None:
         self.waiting.append(request)
@@ -147,9 +172,12 @@ class Scheduler:
         """Drop a request wherever it is (a client went away); its blocks are freed at once."""
         if request.phase is Phase.RUNNING:
             self.running.remove(request)
-            self.kv.free(request)
         elif request.phase is Phase.WAITING:
             self.waiting.remove(request)
+        elif request.phase is Phase.RECEIVING:
+            self.receiving.remove(request)
+        if request.blocks:  # running, receiving, or waiting with its transferred KV
+            self.kv.free(request)
         request.phase = Phase.ABORTED
 
     @property
@@ -196,8 +224,17 @@ class Scheduler:
         kv, waiting, running = self.kv, self.waiting, self.running
         while waiting and budget > 0 and len(running) < self.limits.max_num_seqs:
             request = waiting[0]
-            hits = kv.lookup(request.block_hashes, (request.num_tokens - 1) // kv.block_size)
-            computed = len(hits) * kv.block_size
+            hits: Sequence[int] = ()
+            if request.blocks:  # its KV arrived from another engine: only the last prompt token is left
+                computed = request.num_computed
+            else:
+                hits = kv.lookup(request.block_hashes, (request.num_tokens - 1) // kv.block_size)
+                computed = len(hits) * kv.block_size
+                if request.remote_prefill:
+                    if not self._receive(request, hits, computed):
+                        break
+                    plan.receiving.append(request)
+                    continue
             new_tokens = min(request.num_tokens - computed, budget)
             if not kv.allocate(request, computed + new_tokens, hits):
                 break
@@ -206,11 +243,39 @@ class Scheduler:
                 request.scheduled_once = True
                 request.cached_tokens = computed
                 kv.record_lookup(request.prompt_len, computed)
+                self.local_cache_hit_tokens += computed
+                self.local_compute_tokens += request.prompt_len - computed
             request.num_computed = computed
             request.phase = Phase.RUNNING
             running.append(request)
             plan.add(request, new_tokens)
             budget -= new_tokens
+
+    def _receive(self, request: SimRequest, hits: Sequence[int], computed: int) -> bool:
+        """Give a remotely prefilled request blocks for its prompt; it waits for them to fill."""
+        kv = self.kv
+        if not kv.allocate(request, request.prompt_len, hits):
+            return False
+        self.waiting.popleft()
+        request.phase = Phase.RECEIVING
+        request.transfer_tokens = request.prompt_len - computed
+        request.scheduled_once = True
+        request.cached_tokens = computed
+        kv.record_lookup(request.prompt_len, computed)
+        self.local_cache_hit_tokens += computed
+        self.external_kv_tokens += request.prompt_len - computed - 1
+        self.local_compute_tokens += 1  # the last prompt token is computed here, as vLLM does
+        self.receiving.append(request)
+        return True
+
+    def finish_receiving(self, request: SimRequest) -> None:
+        """Its prompt's KV has landed: cache the full blocks and queue it first to compute the last token."""
+        self.receiving.remove(request)
+        request.remote_prefill = False  # should it be preempted later, it recomputes here, as vLLM does
+        request.num_computed = request.prompt_len - 1
+        self.kv.cache_full_blocks(request, request.num_computed)
+        request.phase = Phase.WAITING
+        self.waiting.appendleft(request)
 
     def complete(self, plan: StepPlan, now_s: float) -> tuple[list[SimRequest], list[SimRequest]]:
         """Apply a finished step: advance each scheduled request; return (got a token, finished)."""
@@ -233,6 +298,8 @@ class Scheduler:
 
     def finish(self, request: SimRequest, now_s: float) -> None:
         self.running.remove(request)
+        if request.remote_decode:
+            request.final_blocks = list(request.blocks)
         self.kv.free(request)
         request.phase = Phase.FINISHED
         request.finish_s = now_s

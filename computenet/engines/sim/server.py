@@ -6,13 +6,17 @@ Besides OpenAI's paths it serves vLLM's `/tokenize`, `/detokenize` and
 `/reset_prefix_cache`, and `/sim/stats`: the driver's planned vs actual timing.
 The lifespan binds the KV-event socket and stops the driver; without a lifespan
 (an in-process test client) the driver still starts and stops with the traffic.
+With `--kv-transfer-config` a completion request may carry vLLM's
+`kv_transfer_params` (disaggregated prefill, see `transfer.py`): a prefill answers
+with where its KV waits, a decode pulls that KV instead of computing the prompt.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -23,7 +27,7 @@ from starlette.routing import Route
 
 from ..streaming import DeferredJSONResponse, EventStreamResponse
 from .config import SimConfig
-from .engine import ContextLengthExceeded, SimEngine
+from .engine import ContextLengthExceeded, Generation, SimEngine
 from .output import ChatShape, Envelope, Shape, TextShape, collect, sse_events
 from .requests import (
     ChatCompletionRequest,
@@ -35,6 +39,7 @@ from .requests import (
     parse_request,
 )
 from .tokens import decode
+from .transfer import RemoteDecode, RemotePrefill, parse_transfer
 
 OWNED_BY = "computenet-sim"
 
@@ -90,16 +95,29 @@ class _SimApi:
 
     def _generate(self, shape: Shape, body: GenerationRequest) -> Response:
         self._check_model(body.model)
+        transfer = parse_transfer(body.kv_transfer_params, self._config.kv_transfer, stream=body.stream)
         token_ids = body.prompt_token_ids()
         try:
             plan = self._engine.plan(len(token_ids), body.output_limit(), body.min_tokens)
         except ContextLengthExceeded as exc:
             raise RequestError(400, str(exc), code="context_length_exceeded", param="messages") from exc
+        if isinstance(transfer, RemotePrefill):
+            transfer.check_covers(len(token_ids), self._engine.core.kv.block_size)
         envelope = Envelope.new(shape.id_prefix, self._config.model, usage_in_chunks=body.include_usage)
-        generation = self._engine.generate(plan, envelope.id, token_ids)
+        generation = self._engine.generate(plan, envelope.id, token_ids, transfer)
         if body.stream:
             return EventStreamResponse(sse_events(shape, envelope, generation, body.include_usage))
-        return DeferredJSONResponse(partial(collect, shape, envelope, generation))
+        produce = partial(collect, shape, envelope, generation)
+        if isinstance(transfer, RemoteDecode):
+            return DeferredJSONResponse(partial(self._prefilled, produce, generation))
+        return DeferredJSONResponse(produce)
+
+    async def _prefilled(
+        self, produce: Callable[[], Awaitable[dict[str, Any]]], generation: Generation
+    ) -> dict[str, Any]:
+        """A prefill's answer: the first token, and where a decode replica finds the prompt's KV."""
+        body = await produce()
+        return body | {"kv_transfer_params": self._engine.transfer_params(generation)}
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:

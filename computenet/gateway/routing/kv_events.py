@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -51,7 +51,7 @@ SEQ_BYTES = 8
 
 @dataclass(slots=True)
 class KVEventStats:
-    """Counters over every tracked replica, for the gateway's Prometheus metrics."""
+    """How a replica's stream has gone (or, summed, every replica's), for the gateway's Prometheus metrics."""
 
     batches: int = 0  # batches applied to the index, live or replayed
     events: int = 0  # events in those batches
@@ -60,6 +60,9 @@ class KVEventStats:
     replay_failures: int = 0  # replays that timed out or no longer reached back far enough
     resets: int = 0  # times a replica's entries were dropped: lost events, restart, unreadable batch
     decode_errors: int = 0  # messages or batches that could not be read
+
+    def __add__(self, other: KVEventStats) -> KVEventStats:
+        return KVEventStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass(slots=True)
@@ -74,6 +77,7 @@ class _Feed:
     last_live: int = -1  # seq of the last message the SUB socket delivered
     catching_up: bool = False  # a replay ran ahead of the live stream: its batches come again
     task: asyncio.Task[None] | None = None
+    stats: KVEventStats = field(default_factory=KVEventStats)
 
 
 class KVEventSubscriber:
@@ -81,7 +85,7 @@ class KVEventSubscriber:
 
     def __init__(self, index: KVBlockIndex, *, replay_timeout_s: float = REPLAY_TIMEOUT_S) -> None:
         self.index = index
-        self.stats = KVEventStats()
+        self._gone = KVEventStats()  # what untracked replicas' streams counted, kept in `stats`
         self._replay_timeout_ms = int(replay_timeout_s * 1000)
         self._context = zmq.asyncio.Context()
         self._feeds: dict[str, _Feed] = {}
@@ -117,6 +121,7 @@ class KVEventSubscriber:
         feed = self._feeds.pop(replica, None)
         if feed is None:
             return
+        self._gone += feed.stats
         self.index.forget(replica)
         if feed.task is None:
             feed.socket.close(linger=0)
@@ -127,6 +132,15 @@ class KVEventSubscriber:
 
     def tracked(self) -> list[str]:
         return list(self._feeds)
+
+    @property
+    def stats(self) -> KVEventStats:
+        """Every stream's counters summed, replicas no longer tracked included (a fresh copy)."""
+        return sum((feed.stats for feed in self._feeds.values()), KVEventStats()) + self._gone
+
+    def replica_stats(self) -> dict[str, KVEventStats]:
+        """Each tracked replica's counters, live: they go on counting (and vanish when it is untracked)."""
+        return {replica: feed.stats for replica, feed in self._feeds.items()}
 
     async def start(self) -> None:
         if self._started:
@@ -144,6 +158,7 @@ class KVEventSubscriber:
         await asyncio.gather(*tasks, return_exceptions=True)
         for feed in self._feeds.values():
             feed.socket.close(linger=0)
+            self._gone += feed.stats
         self._feeds.clear()
         self._started = False
         self._context.destroy(linger=0)
@@ -170,7 +185,7 @@ class KVEventSubscriber:
 
     async def _on_message(self, feed: _Feed, frames: list[bytes]) -> None:
         if len(frames) != 3 or len(frames[1]) != SEQ_BYTES:
-            self.stats.decode_errors += 1
+            feed.stats.decode_errors += 1
             log.warning("KV events of %s: not a [topic, seq, payload] message, skipped", feed.replica)
             return
         seq = int.from_bytes(frames[1], "big")
@@ -190,7 +205,7 @@ class KVEventSubscriber:
     async def _recover(self, feed: _Feed, seq: int) -> bool:
         """Fill the hole before `seq`; False when that already applied `seq` itself."""
         if feed.applied >= 0:
-            self.stats.gaps += 1
+            feed.stats.gaps += 1
             log.info("KV events of %s: batches %d..%d lost", feed.replica, feed.applied + 1, seq - 1)
         if feed.replay_endpoint is not None:
             await self._replay(feed, feed.applied + 1)
@@ -210,9 +225,9 @@ class KVEventSubscriber:
             log.warning("KV events of %s: replay from %s failed: %s", feed.replica, feed.replay_endpoint, exc)
             complete = False
         if complete:
-            self.stats.replays += 1
+            feed.stats.replays += 1
         else:
-            self.stats.replay_failures += 1
+            feed.stats.replay_failures += 1
         feed.catching_up = feed.applied > feed.last_live  # even a replay cut short may have run ahead
 
     async def _replay_into(self, feed: _Feed, start: int) -> bool:
@@ -245,19 +260,19 @@ class KVEventSubscriber:
             events = batch_events(msgpack.unpackb(payload))
             self.index.apply(feed.replica, events)
         except ValueError as exc:  # msgpack's errors are ValueErrors too
-            self.stats.decode_errors += 1
+            feed.stats.decode_errors += 1
             log.warning("KV events of %s: batch %d unreadable, entries dropped: %s", feed.replica, seq, exc)
             self._reset(feed)
             feed.applied = seq  # the stream goes on from here
             return
-        self.stats.batches += 1
-        self.stats.events += len(events)
+        feed.stats.batches += 1
+        feed.stats.events += len(events)
 
     def _reset(self, feed: _Feed) -> None:
         self.index.clear(feed.replica)
         feed.applied = -1
         feed.catching_up = False
-        self.stats.resets += 1
+        feed.stats.resets += 1
 
 
 def batch_events(batch: Any) -> list[Any]:

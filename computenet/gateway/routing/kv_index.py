@@ -11,7 +11,17 @@ when it is empty.
 That question runs on every request, so the set is a bitmask: each replica owns
 one bit, each hash maps to the mask of its holders, and a step of the walk is
 one dict lookup and one integer AND. Bits of forgotten replicas are reused, so
-masks stay as wide as the fleet, not as its history.
+masks stay as wide as the fleet, not as its history. Turning a mask back into
+replica names is the other cost: a shared system prompt leaves all 64 replicas of
+a fleet matching, then all but one, and naming 63 bits one by one costs more than
+the walk itself. Masks repeat from request to request (everyone, everyone but the
+replica that holds this conversation), so each distinct mask is named once and
+kept, and a match fills its answer from the kept names at C speed. Two more
+shortcuts follow the usual shape of a walk, a shared system prompt held by many
+replicas, then the rest of a conversation held by one: a block with the same
+holders as the one before costs no mask arithmetic, and once a single replica is
+left the walk goes on in that replica's own block set, a table a fleet's size
+smaller than the index's (and so more often in the CPU's cache).
 
 Per replica the index also keeps how many cached copies of each hash it holds:
 vLLM does not de-duplicate blocks (two requests filling the same block at once
@@ -31,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Literal
 
 MEDIUM_GPU = "GPU"
@@ -38,6 +49,7 @@ MEDIUM_GPU = "GPU"
 Op = Literal["store", "remove", "clear"]
 _STORED_MEDIUM = 6  # field positions in vLLM's array-like structs, the tag at 0
 _REMOVED_MEDIUM = 2
+_NAMED_MASKS = 4096  # masks whose replica names are kept; past that the cache starts afresh
 
 
 @dataclass(slots=True)
@@ -56,6 +68,7 @@ class KVBlockIndex:
         self._free_bits: list[int] = []  # bits of forgotten replicas, reused before new ones
         self._next_bit = 1
         self._everyone = 0  # mask of every known replica
+        self._named: dict[int, tuple[str, ...]] = {}  # mask -> its replicas, see `_names_in`
 
     def __len__(self) -> int:
         """Distinct block hashes held by at least one replica."""
@@ -109,36 +122,43 @@ class KVBlockIndex:
             return
         self._clear(holdings)
         del self._names[holdings.bit]
+        self._named.clear()  # the freed bit will name another replica
         self._everyone &= ~holdings.bit
         self._free_bits.append(holdings.bit)
 
     def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]:
         """How many leading blocks of `block_hashes` each replica holds; replicas with none are left out."""
         found: dict[str, int] = {}
-        get = self._holders.get
-        live = self._everyone
+        live = self._everyone  # the replicas holding every block so far
         if not live:
             return found
-        depth = 0
-        for block_hash in block_hashes:
-            still = live & get(block_hash, 0)
-            if still != live:
+        for depth, held in enumerate(map(self._holders.get, block_hashes, repeat(0))):
+            if held == live:  # the usual step: the same replicas hold this block too
+                continue
+            still = live & held
+            if still != live:  # the runs of the others end before this block
                 if depth:
-                    self._record(found, live ^ still, depth)
+                    found.update(dict.fromkeys(self._names_in(live ^ still), depth))
                 if not still:
                     return found
                 live = still
-            depth += 1
-        if depth:
-            self._record(found, live, depth)
+                if not live & (live - 1):  # one replica left: follow it in its own blocks
+                    name = self._names[live]
+                    found[name] = _run_end(self._replicas[name].copies, block_hashes, depth + 1)
+                    return found
+        if block_hashes:
+            found.update(dict.fromkeys(self._names_in(live), len(block_hashes)))
         return found
 
-    def _record(self, found: dict[str, int], mask: int, depth: int) -> None:
-        names = self._names
-        while mask:
-            bit = mask & -mask
-            found[names[bit]] = depth
-            mask ^= bit
+    def _names_in(self, mask: int) -> tuple[str, ...]:
+        """The replicas whose bits `mask` holds, decoded once per distinct mask (module docstring)."""
+        names = self._named.get(mask)
+        if names is None:
+            if len(self._named) >= _NAMED_MASKS:
+                self._named.clear()
+            names = tuple(name for bit, name in self._names.items() if mask & bit)
+            self._named[mask] = names
+        return names
 
     def _holdings(self, replica: str) -> _Holdings:
         holdings = self._replicas.get(replica)
@@ -184,6 +204,14 @@ class KVBlockIndex:
             holders[block_hash] = mask
         else:
             del holders[block_hash]
+
+
+def _run_end(held: dict[Hashable, int], block_hashes: Sequence[Hashable], start: int) -> int:
+    """Where the run of `block_hashes` that are keys of `held`, from `start` on, ends."""
+    for at in range(start, len(block_hashes)):
+        if block_hashes[at] not in held:
+            return at
+    return len(block_hashes)
 
 
 def parse_event(event: Any) -> tuple[Op, tuple[Hashable, ...]] | None:

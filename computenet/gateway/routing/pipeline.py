@@ -58,6 +58,10 @@ class RoutingRequest:
     region: str | None = None  # x-computenet-region header
     text_blocks: Sequence[Hashable] | None = None  # for approximate prefix affinity
     engine_blocks: dict[str, Sequence[Hashable]] = field(default_factory=dict)  # per engine name
+    # prompt tokens each candidate would have to compute (the `prefill-load` scorer's estimate), and
+    # what the chosen one was charged: the forwarder gives it back at the first token
+    uncached_tokens: dict[str, int] | None = None
+    prefill_tokens: int = 0
 
     def prompt_blocks(self) -> Sequence[Hashable]:
         if self.text_blocks is None:
@@ -103,7 +107,7 @@ class Snapshot:
     @classmethod
     def of(cls, candidates: Sequence[Routable], board: SignalBoard) -> Snapshot:
         replicas = [c.replica for c in candidates]
-        return cls(candidates, replicas, board.in_flight(replicas), board.engines(replicas))
+        return cls(candidates, replicas, *board.read(replicas))
 
     def keep(self, keep: Sequence[bool]) -> Snapshot:
         """The candidates where `keep` is true (a filter's answer)."""
@@ -130,7 +134,12 @@ class Scorer(Protocol):
     name: str
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
-        """One score in [0, 1] per candidate of `snap`, in order; higher is better."""
+        """One score in [0, 1] per candidate of `snap`, in order; higher is better.
+
+        An empty list says the scorer has no opinion on this request (every candidate
+        would score the same, e.g. no session to follow): it drops out of the sum, which
+        picks the same winner as a constant column, for less work.
+        """
         ...
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
@@ -191,15 +200,21 @@ class Pipeline:
                 for scorer, weight in self.scorers
                 if weight and (scores := scorer.score(request, snap, state))
             ]
-            # Summed column by column: one pass instead of one list per scorer (a third of the cost).
-            totals = list(map(sum, zip(*weighted, strict=True))) if weighted else [0.0] * len(chosen)
-            chosen = [chosen[self.picker.pick(totals, state.rng)]]
+            chosen = [chosen[self.picker.pick(_totals(weighted, len(chosen)), state.rng)]]
         return cast(R, chosen[0])
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
         for scorer, _ in self.scorers:
             scorer.routed(request, chosen, state)
         self.picker.routed()
+
+
+def _totals(weighted: list[list[float]], candidates: int) -> list[float]:
+    """Each candidate's total over the scorers that had an opinion (none: all tie)."""
+    if len(weighted) > 1:
+        # Summed column by column: one pass instead of one list per scorer (a third of the cost).
+        return list(map(sum, zip(*weighted, strict=True)))
+    return weighted[0] if weighted else [0.0] * candidates
 
 
 # --- pickers -----------------------------------------------------------------------------------------
@@ -216,8 +231,8 @@ class MaxScore(_Memoryless):
     name = "max"
 
     def pick(self, totals: Sequence[float], rng: random.Random) -> int:
-        best = max(totals)
-        tied = [i for i, t in enumerate(totals) if t >= best - 1e-9]
+        near_best = max(totals) - 1e-9
+        tied = [i for i, t in enumerate(totals) if t >= near_best]
         return tied[0] if len(tied) == 1 else tied[rng.randrange(len(tied))]
 
 

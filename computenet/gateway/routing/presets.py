@@ -7,9 +7,11 @@ The presets are the policies the benchmarks compare (docs/benchmarks.md):
 * `power-of-two`: the same count, over two endpoints drawn at random.
 * `prefix`: approximate prefix affinity (the prompt blocks this gateway routed to each
   endpoint) balanced by load, as SGLang's cache-aware router does it.
-* `precise-prefix`: the blocks the engines report holding (KV events) balanced by the
-  engines' queues, KV usage and this gateway's in-flight counts. The default: with no
-  KV events it is a load-aware policy, and loses nothing.
+* `precise-prefix`: the blocks the engines report holding (KV events), balanced by the
+  prefill work queued ahead of the prompt (`prefill-load`, which prices the same hits
+  and the queue in tokens) and the engines' KV usage. The default: with no KV events it
+  is a load-aware policy, and loses nothing. The weights were chosen on the Mooncake
+  trace (docs/benchmarks.md, "SLO capacity").
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ PRESETS: dict[str, Preset] = {
     "least-request": Preset(scorers=_scorers(least_request=1)),
     "power-of-two": Preset(scorers=_scorers(least_request=1), picker="power-of-two"),
     "prefix": Preset(scorers=_scorers(prefix=2, least_request=1)),
-    "precise-prefix": Preset(scorers=_scorers(precise_prefix=2, queue=1, kv_usage=1, least_request=1)),
+    "precise-prefix": Preset(scorers=_scorers(precise_prefix=3, prefill_load=2, kv_usage=1)),
 }
 
 

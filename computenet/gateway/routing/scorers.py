@@ -3,13 +3,15 @@
 Each is small and rates candidates from what `RoutingState` knows: the gateway's own
 in-flight counts (exact, this gateway only), the engines' scraped figures (all
 traffic, up to one scrape interval old, ignored once stale), and the prefix indexes.
-A scorer with nothing to go on gives every candidate the same score, so it drops out
-of the sum instead of skewing it.
+A scorer with nothing to go on says so with an empty list (see `Scorer.score`), so it
+drops out of the sum instead of skewing it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from itertools import repeat
 
 from .pipeline import Filter, Routable, RoutingRequest, RoutingState, Scorer, Snapshot
 
@@ -65,6 +67,12 @@ class KVUsage(_Stateless):
         return [1.0 - e.kv_cache_usage if e is not None else NEUTRAL for e in snap.engines]
 
 
+def _shares(held: dict[str, int], total: int, replicas: Sequence[str]) -> list[float]:
+    """Each replica's share of the `total` leading blocks, from a `match` (replicas with none: 0);
+    no opinion when no replica holds any."""
+    return [depth / total for depth in map(held.get, replicas, repeat(0))] if held else []
+
+
 class ApproxPrefix:
     """Share of the prompt's leading text blocks this gateway sent to the endpoint before."""
 
@@ -73,10 +81,8 @@ class ApproxPrefix:
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         blocks = request.prompt_blocks()
         if not blocks:
-            return [0.0] * len(snap.replicas)
-        depth = state.approx.match(blocks)
-        total = len(blocks)
-        return [depth.get(r, 0) / total for r in snap.replicas]
+            return []  # nothing to match: no opinion
+        return _shares(state.approx.match(blocks), len(blocks), snap.replicas)
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
         state.approx.record(chosen.replica, request.prompt_blocks())
@@ -86,20 +92,18 @@ class PrecisePrefix(_Stateless):
     """Share of the prompt's leading KV blocks the engine itself reported holding (KV events).
 
     The blocks are hashed as the candidate's engine hashes them; with no KV events
-    wired, or an engine whose hashes cannot be computed here, every candidate scores 0."""
+    wired, or an engine whose hashes cannot be computed here, it has no opinion (every
+    candidate scores the same), and the load scorers decide."""
 
     name = "precise-prefix"
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         if state.kv is None:
-            return [0.0] * len(snap.replicas)
-        first = snap.candidates[0].engine
-        if all(c.engine == first for c in snap.candidates):  # the usual case: one deployment, one engine
-            blocks = state.engine_blocks(request, first)
-            if not blocks:
-                return [0.0] * len(snap.replicas)
-            held, total = state.kv.match(blocks), len(blocks)
-            return [held.get(r, 0) / total for r in snap.replicas]
+            return []  # no KV events: no opinion
+        kinds = {c.engine for c in snap.candidates}
+        if len(kinds) == 1:  # the usual case: one deployment, one engine
+            blocks = state.engine_blocks(request, kinds.pop())
+            return _shares(state.kv.match(blocks), len(blocks), snap.replicas) if blocks else []
         # Mixed engines: per engine kind, the prompt's blocks and who holds how many.
         found: dict[str, tuple[int, dict[str, int]]] = {}
         scores: list[float] = []
@@ -128,7 +132,7 @@ class LoraAffinity(_Stateless):
                 scores.append(1.0)
             else:
                 scores.append(NEUTRAL if len(engine.lora_adapters) < engine.max_lora else 0.0)
-        return scores
+        return [] if scores.count(NEUTRAL) == len(scores) else scores  # all neutral: no opinion
 
 
 class SessionAffinity:
@@ -138,6 +142,8 @@ class SessionAffinity:
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         pinned = state.sessions.get(request.session) if request.session else None
+        if pinned is None:
+            return []  # no conversation to follow: no opinion
         return [1.0 if r == pinned else 0.0 for r in snap.replicas]
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
@@ -155,7 +161,72 @@ class RegionScore(_Stateless):
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         wanted = request.region or self.region
-        return [1.0 if wanted and c.region == wanted else 0.0 for c in snap.candidates]
+        if not wanted:
+            return []  # no region asked for: no opinion
+        return [1.0 if c.region == wanted else 0.0 for c in snap.candidates]
+
+
+TOKENS_PER_BLOCK = 16  # vLLM's and the sim's KV block; a 64-character text block is about as many tokens
+
+
+class PrefillLoad:
+    """Least prefill work ahead of this prompt's first token, in tokens.
+
+    The work ahead on an endpoint is the uncached prompt tokens this gateway sent it that
+    have no first token yet (exact, but blind to other gateways), plus the engine's
+    waiting requests beyond those (other gateways' traffic, from the scrape) priced at
+    the uncached tokens a request typically brings (a moving average of what this scorer
+    charged; before the first, this prompt's). Add the part of this prompt the endpoint
+    would compute: its length less the prefix the engine holds (KV events), else less
+    what this gateway routed there (approximate index).
+
+    Hits and queues are priced in one unit, so a long cached prefix wins until the queue
+    in front of it costs more than it saves: an estimate of TTFT, where the queue and
+    prefix scorers each see half of it. Prompt length is estimated from its KV blocks
+    when the engine's hashes are known, else from its text blocks (~16 tokens each).
+    """
+
+    name = "prefill-load"
+    SMOOTHING = 0.05  # weight of the newest request in the typical-request average
+
+    def __init__(self) -> None:
+        self.typical_tokens = 0.0  # uncached prompt tokens a routed request typically brings
+
+    def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
+        cached, blocks = self._cached_blocks(request, snap, state)
+        prompt = blocks * TOKENS_PER_BLOCK
+        uncached = [max(0, prompt - depth * TOKENS_PER_BLOCK) for depth in cached]
+        request.uncached_tokens = dict(zip(snap.replicas, uncached, strict=True))
+        board, typical = state.board, self.typical_tokens or prompt  # no history: priced like this one
+        ahead = []
+        for r, e in zip(snap.replicas, snap.engines, strict=True):
+            own = board.of(r)
+            others = max(0.0, e.waiting - own.prefilling) if e is not None else 0.0
+            ahead.append(own.prefill_tokens + others * typical)
+        return _lower_is_better([a + u for a, u in zip(ahead, uncached, strict=True)])
+
+    @staticmethod
+    def _cached_blocks(request: RoutingRequest, snap: Snapshot, state: RoutingState) -> tuple[list[int], int]:
+        """Leading blocks each candidate holds, and the prompt's length in blocks."""
+        kinds = {c.engine for c in snap.candidates}
+        if state.kv is not None and len(kinds) == 1:
+            blocks = state.engine_blocks(request, kinds.pop())
+            if blocks:
+                held = state.kv.match(blocks)
+                return [held.get(r, 0) for r in snap.replicas], len(blocks)
+        text = request.prompt_blocks()
+        held = state.approx.match(text) if text else {}
+        return [held.get(r, 0) for r in snap.replicas], len(text)
+
+    def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
+        if request.uncached_tokens is None:  # a lone candidate: nothing was scored
+            return
+        request.prefill_tokens = request.uncached_tokens.get(chosen.replica, 0)
+        state.board.begin_prefill(chosen.replica, request.prefill_tokens)
+        if self.typical_tokens:
+            self.typical_tokens += self.SMOOTHING * (request.prefill_tokens - self.typical_tokens)
+        else:  # the first request: nothing to average yet
+            self.typical_tokens = float(request.prefill_tokens)
 
 
 # --- filters -----------------------------------------------------------------------------------------
@@ -174,14 +245,16 @@ class Saturation:
         self, max_waiting: float = 64, max_kv_usage: float = 0.98, max_in_flight: float | None = None
     ) -> None:
         self.max_waiting, self.max_kv_usage = max_waiting, max_kv_usage
-        self.max_in_flight = max_in_flight if max_in_flight is not None else float("inf")
+        self.max_in_flight = max_in_flight if max_in_flight is not None else math.inf
 
     def keep(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[bool]:
-        return [
-            n < self.max_in_flight
-            and (e is None or (e.waiting < self.max_waiting and e.kv_cache_usage < self.max_kv_usage))
-            for e, n in zip(snap.engines, snap.in_flight, strict=True)
+        max_waiting, max_kv_usage = self.max_waiting, self.max_kv_usage
+        fits = [
+            e is None or (e.waiting < max_waiting and e.kv_cache_usage < max_kv_usage) for e in snap.engines
         ]
+        if self.max_in_flight == math.inf:  # the usual case: no need to walk the in-flight counts too
+            return fits
+        return [ok and n < self.max_in_flight for ok, n in zip(fits, snap.in_flight, strict=True)]
 
 
 class RegionFilter:
@@ -211,6 +284,7 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
         LoraAffinity,
         SessionAffinity,
         RegionScore,
+        PrefillLoad,
     )
 }
 FILTERS: dict[str, Callable[..., Filter]] = {f.name: f for f in (Saturation, RegionFilter)}

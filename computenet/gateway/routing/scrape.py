@@ -96,6 +96,11 @@ class EngineScraper:
     def tracked(self) -> set[str]:
         return set(self._targets)
 
+    @property
+    def board(self) -> SignalBoard:
+        """Where the scrapes go (and their errors are counted)."""
+        return self._board
+
     async def start(self) -> None:
         if self._ticker is None:
             self._ticker = asyncio.create_task(self._run(), name="engine-scraper")

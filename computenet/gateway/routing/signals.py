@@ -24,9 +24,12 @@ class EndpointSignals:
     """One endpoint's live state. Mutated in place by the forwarder and the scraper."""
 
     in_flight: int = 0  # requests this gateway has sent and not finished
+    prefill_tokens: int = 0  # uncached prompt tokens this gateway sent that have no first token yet
+    prefilling: int = 0  # the requests those tokens belong to
     engine: EngineLoad | None = None  # the last successful scrape
     scraped_at: float = -1.0  # clock() of that scrape; -1 never
     scrape_errors: int = 0  # consecutive failed scrapes
+    scrape_errors_total: int = 0  # every failed scrape, for the gateway's metrics
 
 
 @dataclass
@@ -50,6 +53,18 @@ class SignalBoard:
         signals = self.of(replica)
         signals.in_flight = max(0, signals.in_flight - 1)
 
+    def begin_prefill(self, replica: str, tokens: int) -> None:
+        """A prompt with `tokens` to compute was sent: prefill work queued ahead of the next one."""
+        signals = self.of(replica)
+        signals.prefill_tokens += tokens
+        signals.prefilling += 1
+
+    def end_prefill(self, replica: str, tokens: int) -> None:
+        """Its first token came back (or it ended without one): that prefill is no longer ahead."""
+        signals = self.of(replica)
+        signals.prefill_tokens = max(0, signals.prefill_tokens - tokens)
+        signals.prefilling = max(0, signals.prefilling - 1)
+
     def outstanding(self, replica: str) -> int:
         found = self._signals.get(replica)
         return found.in_flight if found is not None else 0
@@ -59,25 +74,33 @@ class SignalBoard:
         signals.engine, signals.scraped_at, signals.scrape_errors = load, self.clock(), 0
 
     def record_scrape_error(self, replica: str) -> None:
-        self.of(replica).scrape_errors += 1
+        signals = self.of(replica)
+        signals.scrape_errors += 1
+        signals.scrape_errors_total += 1
+
+    def get(self, replica: str) -> EndpointSignals | None:
+        """What the board holds of `replica`, without adding it (for readers such as /metrics)."""
+        return self._signals.get(replica)
 
     def engine(self, replica: str) -> EngineLoad | None:
         """The fresh engine figures of `replica`, or None (never scraped, or stale)."""
         return self.engines((replica,))[0]
 
     def engines(self, replicas: Sequence[str]) -> list[EngineLoad | None]:
-        """The fresh engine figures of each replica, with one clock read for all (the router asks
-        for 64 at a time)."""
-        limit = self.clock() - self.stale_after_s
-        out: list[EngineLoad | None] = []
-        for replica in replicas:
-            found = self._signals.get(replica)
-            out.append(found.engine if found is not None and found.scraped_at >= limit else None)
-        return out
+        """The fresh engine figures of each replica (None: never scraped, or stale)."""
+        return self.read(replicas)[1]
 
     def in_flight(self, replicas: Sequence[str]) -> list[int]:
-        signals = self._signals
-        return [s.in_flight if (s := signals.get(r)) is not None else 0 for r in replicas]
+        return self.read(replicas)[0]
+
+    def read(self, replicas: Sequence[str]) -> tuple[list[int], list[EngineLoad | None]]:
+        """Each replica's in-flight count and fresh engine figures. The router asks for both, for 64
+        replicas at a time on every request: one lookup per replica and one clock read serve both."""
+        limit = self.clock() - self.stale_after_s
+        found = list(map(self._signals.get, replicas))
+        in_flight = [s.in_flight if s is not None else 0 for s in found]
+        engines = [s.engine if s is not None and s.scraped_at >= limit else None for s in found]
+        return in_flight, engines
 
     def forget(self, keep: set[str]) -> None:
         """Drop endpoints that are gone (with nothing in flight), so the board does not grow forever."""

@@ -10,7 +10,7 @@ import pytest
 
 from computenet.api import DEFAULT_PRESET
 from computenet.cli.main import main
-from computenet.cli.sim_routing import GatewayRouter, make_router, router_factories
+from computenet.cli.sim_routing import GatewayReplicas, GatewayRouter, make_router, router_factories
 from computenet.cli.simulate import DEFAULT_ROUTER
 from computenet.engines.sim.catalog import load_catalog
 from computenet.engines.sim.fleet import Arrival, Fleet, FleetConfig
@@ -22,7 +22,7 @@ MOONCAKE, AZURE = TRACES / "mooncake_conversation.jsonl", TRACES / "azure_code_2
 KEYS = {
     "requests", "completed", "failed", "ttft_s", "tpot_s", "itl_s", "e2e_s", "throughput_rps",
     "output_tokens_per_s", "prefix_hit_rate", "wall_s", "errors", "gpu_busy", "virtual_s", "sim_speedup",
-    "preemptions", "steps", "router", "replicas", "gpu", "model", "tp",
+    "preemptions", "steps", "router", "replicas", "gpu", "model", "tp", "gateways", "max_in_flight",
 }  # fmt: skip
 
 
@@ -112,3 +112,50 @@ def test_a_gateway_policy_routes_the_fleet_through_the_adapter() -> None:
     # everything finished: the gateway's view is refreshed from the fleet at the next choice
     router.choose(SimRequest("probe", 10, 1), fleet.replicas)
     assert [router.state.board.outstanding(f"replica-{i}") for i in range(3)] == [0, 0, 0]
+
+
+def test_overload_behind_the_gate_shows_as_429_and_503_not_lost_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["--trace", str(MOONCAKE), "--limit", "300", "--speedup", "50", "--router", "least-request"]
+    gated = _replay_json(capsys, *argv, "--max-in-flight", "4", "--max-queue", "20", "--max-wait", "5")
+    assert gated["max_in_flight"] == 4 and gated["failed"] > 0
+    assert gated["completed"] + gated["failed"] == 300
+    assert {reason.split(":")[0] for reason in gated["errors"]} <= {"HTTP 429", "HTTP 503"}
+    assert gated["e2e_s"]["p99"] < 60  # what was admitted finished; nothing queued without end
+    ungated = _replay_json(capsys, *argv)
+    assert ungated["failed"] == 0 and ungated["e2e_s"]["p99"] > gated["e2e_s"]["p99"]
+
+
+def test_bad_gate_flags_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sim", "replay", "--trace", str(MOONCAKE), "--limit", "5"]
+    assert _exit_code([*argv, "--max-in-flight", "0"]) == 2
+    assert "--max-in-flight must be a positive integer" in capsys.readouterr().err
+    assert _exit_code([*argv, "--gateways", "-1"]) == 2
+    assert "--gateways must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("router", "gateways", "same"), [
+    ("prefix", 1, True), ("prefix", 2, False), ("precise-prefix", 1, True), ("precise-prefix", 2, True),
+])  # fmt: skip
+def test_gateway_replicas_share_the_precise_index_but_not_the_approximate_one(
+    router: str, gateways: int, same: bool
+) -> None:
+    """A prompt's second request follows its first only where the gateway replica that takes it knows
+    where the first went: always with the engines' KV events, never with another replica's memory."""
+    catalog = load_catalog()
+    chosen = make_router(router, model="llama", gateways=gateways)
+    assert isinstance(chosen, GatewayReplicas if gateways > 1 else GatewayRouter)
+    fleet = Fleet(catalog.model("llama-3.1-8b"), catalog.gpu("H100"), FleetConfig(replicas=4), chosen)
+    result = fleet.run([Arrival(0.0, 2048, 300, (1, 2, 3, 4)), Arrival(1.0, 2048, 300, (1, 2, 3, 4))])
+    first, second = (r.replica for r in result.records)
+    assert (first == second) is same
+    assert result.records[1].cached_tokens > 0 if same else result.records[1].cached_tokens == 0
+
+
+def test_the_approximate_index_is_sized_to_the_replica_cache() -> None:
+    catalog = load_catalog()
+    router = GatewayRouter(build_pipeline("prefix"), "llama")
+    fleet = Fleet(catalog.model("llama-3.1-8b"), catalog.gpu("H100"), FleetConfig(replicas=2), router)
+    fleet.run([Arrival(0.0, 100, 2, (1,))])
+    assert router.state.approx.capacity_blocks == fleet.replicas[0].kv_blocks > 10_000

@@ -11,9 +11,10 @@ import pytest
 
 from computenet.engines.sim.catalog import load_catalog
 from computenet.engines.sim.core import CoreConfig, _decode_span, _decode_span_stepwise
-from computenet.engines.sim.fleet import Arrival, FleetConfig, FleetResult, simulate
+from computenet.engines.sim.fleet import Arrival, FleetConfig, FleetResult, GatewayGate, simulate
 from computenet.engines.sim.perf import PerfModel
 from computenet.engines.sim.routers import ROUTERS, ReplicaView, Router, make_router
+from computenet.engines.sim.scheduler import SimRequest
 
 CATALOG = load_catalog()
 MODEL, GPU = CATALOG.model("llama-3.1-8b"), CATALOG.gpu("H100")
@@ -145,3 +146,49 @@ def test_decode_runs_cut_at_an_arrival_match_the_stepwise_sum(
         closed = _decode_span(perf, batch, context, steps, 10.0, 10.0 + window_s)
         stepwise = _decode_span_stepwise(perf, batch, context, steps, 10.0, 10.0 + window_s)
         assert closed[0] == stepwise[0] and closed[1] == pytest.approx(stepwise[1], rel=1e-12)
+
+
+# --- the gateway's admission gate in front of the fleet ----------------------------------------------
+
+
+def gated(arrivals: Sequence[Arrival], gate: GatewayGate, router: Router | None = None) -> FleetResult:
+    config = FleetConfig(replicas=2, gate=gate)
+    return simulate(arrivals, MODEL, GPU, config, router or make_router("least_outstanding"))
+
+
+def test_the_gate_queues_past_its_capacity_and_routes_as_slots_free() -> None:
+    burst = [Arrival(0.0, 2000, 50, (i,)) for i in range(10)]
+    result = gated(burst, GatewayGate(max_in_flight=2))
+    assert result.totals.completed == 10
+    waited = [r for r in result.records if r.routed_s is not None and r.routed_s > r.arrival_s]
+    assert len(waited) == 6  # 2 replicas x 2 slots went at once, the rest when earlier ones finished
+    first_done = min(r.finish_s for r in result.records if r.finish_s is not None)
+    assert all(r.routed_s is not None and r.routed_s >= first_done for r in waited)
+
+
+def test_a_full_gateway_queue_answers_429_and_a_long_wait_503() -> None:
+    burst = [Arrival(0.0, 4000, 400, (i,)) for i in range(8)]
+    full = gated(burst, GatewayGate(max_in_flight=1, max_queue=3))
+    assert Counter(r.status for r in full.records) == {200: 5, 429: 3}
+    assert all("queue is full" in (r.error or "") for r in full.records if r.status == 429)
+
+    impatient = gated(burst, GatewayGate(max_in_flight=1, max_wait_s=0.5))
+    statuses = Counter(r.status for r in impatient.records)
+    assert statuses[503] > 0 and statuses[200] >= 2 and statuses[200] + statuses[503] == 8
+    assert all(r.replica is None for r in impatient.records if r.status == 503)  # never sent, never lost
+
+
+class _Refuses:
+    def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int | None:
+        return None if int(request.request_id) % 2 else 0
+
+
+def test_a_router_that_refuses_gives_503_and_the_rest_still_run() -> None:
+    result = gated(steady(6, 0.1), GatewayGate(max_in_flight=8), _Refuses())
+    assert [r.status for r in result.records] == [200, 503] * 3
+    assert result.totals.completed == 3 and result.totals.failed == 3
+
+
+def test_a_bad_gate_is_refused_with_its_fields() -> None:
+    with pytest.raises(ValueError, match="max_in_flight >= 1"):
+        GatewayGate(max_in_flight=0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from typing import Any
 
 import pytest
 
+from computenet.gateway.routing import kv_index
 from computenet.gateway.routing.kv_index import KVBlockIndex
 
 
@@ -88,6 +91,28 @@ def test_forget_removes_the_replica_and_its_slot_is_reused() -> None:
     assert len(index) == 0 and index.match([1]) == {}
 
 
+def test_a_reused_slot_is_named_after_its_new_replica() -> None:
+    """A match names replicas from masks it decoded before; a forgotten replica's bit must lose its name."""
+    index = KVBlockIndex()
+    for name in ("a", "b"):
+        index.apply(name, [stored(1, 2)])
+    assert index.match([1, 2]) == {"a": 2, "b": 2}  # this mask's names are kept now
+    index.forget("b")
+    index.apply("c", [stored(1, 2)])  # b's bit: the very same mask as before
+    assert index.match([1, 2]) == {"a": 2, "c": 2}
+
+
+def test_more_sharing_patterns_than_names_kept_are_each_named_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kv_index, "_NAMED_MASKS", 4)
+    index = KVBlockIndex()
+    replicas = [f"r{n}" for n in range(6)]
+    for n, name in enumerate(replicas):  # block h is held by the replicas of h's set bits: 63 patterns
+        index.store(name, [h for h in range(64) if h >> n & 1])
+    for _ in range(2):
+        for h in range(1, 64):
+            assert index.match([h]) == {name: 1 for n, name in enumerate(replicas) if h >> n & 1}
+
+
 def test_bytes_and_int_hashes_are_opaque_keys() -> None:
     index = KVBlockIndex()
     h1, h2 = b"\x01" * 32, b"\x02" * 32
@@ -131,3 +156,34 @@ def test_a_malformed_event_rejects_the_whole_batch(bad: Any) -> None:
     with pytest.raises(ValueError):
         index.apply("a", [CLEARED, stored(2), bad])
     assert index.match([1]) == {"a": 1} and index.blocks("a") == 1
+
+
+def test_matches_agree_with_a_plain_walk_over_random_histories() -> None:
+    """The walk's shortcuts (named masks, unchanged holders, one replica left) change no answer."""
+    rng = random.Random(7)
+    index = KVBlockIndex()
+    held: dict[str, Counter[int]] = {}
+    names = [f"r{n}" for n in range(12)]
+    for _ in range(3000):
+        name, hashes = rng.choice(names), [rng.randrange(40) for _ in range(rng.randrange(1, 8))]
+        roll = rng.random()
+        if roll < 0.6:
+            index.store(name, hashes)
+            held.setdefault(name, Counter()).update(hashes)
+        elif roll < 0.9:
+            index.remove(name, hashes)
+            if name in held:
+                held[name].subtract(h for h in hashes if held[name][h] > 0)
+        elif roll < 0.97:
+            index.clear(name)
+            held.pop(name, None)
+        else:
+            index.forget(name)
+            held.pop(name, None)
+        prompt = [rng.randrange(40) for _ in range(rng.randrange(0, 12))]
+        expected = {}
+        for replica, copies in held.items():
+            depth = next((i for i, h in enumerate(prompt) if copies[h] <= 0), len(prompt))
+            if depth:
+                expected[replica] = depth
+        assert index.match(prompt) == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections import Counter
 from collections.abc import Hashable, Sequence
@@ -24,9 +25,11 @@ from computenet.engines.sim import SimConfig
 from computenet.engines.sim.server import create_app as create_sim_app
 from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
 from computenet.gateway.routing.hashers import engine_block_hashes
-from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState
+from computenet.gateway.routing.kv_index import KVBlockIndex
+from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState, Snapshot
 from computenet.gateway.routing.prefix import ApproxPrefixIndex, text_block_hashes
 from computenet.gateway.routing.presets import PRESETS, build_pipeline
+from computenet.gateway.routing.scorers import SCORERS
 from computenet.pools.processes import free_port
 
 from ..servers import serve
@@ -88,6 +91,39 @@ def test_power_of_two_never_picks_the_busiest() -> None:
             state.board.acquire(replica)
     picks = Counter(route("power-of-two", state) for _ in range(300))
     assert "a" not in picks and picks["b"] > picks["d"]
+
+
+def test_a_scorer_with_no_opinion_drops_out_and_the_others_decide() -> None:
+    """No session pinned, no region asked for, no LoRA adapter anywhere, nothing indexed: those scorers
+    say nothing (an empty list) rather than add the same number to every candidate."""
+    state = RoutingState(kv=KVBlockIndex(), hasher=lambda request, engine: [1, 2])
+    for replica in "abcd":
+        scrape(state, replica, max_lora=2)  # type: ignore[arg-type]
+    for replica in "abd":
+        state.board.acquire(replica)
+    snap = Snapshot.of(EPS, state.board)
+    request = req(session="new")
+    for name in ("session", "region", "lora", "precise-prefix"):
+        assert SCORERS[name]().score(request, snap, state) == [], name
+    assert SCORERS["prefix"]().score(req("short"), snap, state) == []  # under one block of text
+    policy = {"scorers": [{"name": n} for n in ("session", "region", "lora", "prefix", "least-request")]}
+    assert {route(policy, state, req(session=f"s{i}")) for i in range(10)} == {"c"}
+
+
+def test_the_board_reads_counts_and_fresh_figures_together() -> None:
+    clock = [0.0]
+    state = RoutingState()
+    state.board.clock = lambda: clock[0]
+    scrape(state, "a", waiting=3)
+    clock[0] = 1.0
+    scrape(state, "b", waiting=1)
+    state.board.acquire("b")
+    clock[0] = 2.5  # a's scrape is 2.5 s old: stale; b's 1.5 s: fresh
+    in_flight, engines = state.board.read(["a", "b", "never-seen"])
+    assert in_flight == [0, 1, 0]
+    assert [e.waiting if e is not None else None for e in engines] == [None, 1, None]
+    assert state.board.in_flight(["b"]) == [1] and state.board.engines(["a"]) == [None]
+    assert state.board.get("never-seen") is None  # reading does not add replicas
 
 
 def test_queue_reads_the_engines_waiting_requests_and_falls_back_on_own_counts_when_stale() -> None:
@@ -205,10 +241,36 @@ def test_precise_prefix_follows_the_engines_cache_but_not_into_a_queue() -> None
 
 
 def test_precise_prefix_without_kv_events_is_load_aware() -> None:
+    """No KV events and no scrapes (a plain OpenAI server): it spreads by the prompts it sent."""
     state = RoutingState(rng=random.Random(5))
-    for replica in "abc":
-        state.board.acquire(replica)
-    assert route("precise-prefix", state) == "d"
+    prompt = "x" * 640  # ten text blocks, ~160 tokens
+    assert sorted(route("precise-prefix", state, req(prompt)) for _ in range(4)) == list("abcd")
+    assert [state.board.of(r).prefill_tokens for r in "abcd"] == [160] * 4
+
+
+def test_prefill_load_prices_a_cached_prefix_against_the_queue_in_front_of_it() -> None:
+    """a holds 90 of the prompt's 100 blocks: worth going to until the prefill queued there
+    costs more tokens than the hit saves (1,440 of 1,600)."""
+    blocks = list(range(100))
+    policy = {"scorers": [{"name": "prefill-load"}]}
+    state = RoutingState(kv=Matcher({"a": 90}), hasher=lambda request, engine: blocks)
+    state.board.begin_prefill("a", 1200)
+    assert route(policy, state, req()) == "a"  # 1,200 + 160 < 1,600
+    state.board.begin_prefill("a", 400)  # and the first request's 160 are charged there too
+    assert route(policy, state, req()) != "a"
+    state.board.end_prefill("a", 1200)  # first tokens came back
+    state.board.end_prefill("a", 400)
+    assert route(policy, state, req()) == "a"
+
+
+def test_prefill_load_counts_other_gateways_queue_from_the_engine() -> None:
+    blocks = list(range(100))
+    policy = {"scorers": [{"name": "prefill-load"}]}
+    state = RoutingState(kv=Matcher({"a": 90}), hasher=lambda request, engine: blocks)
+    scrape(state, "a", waiting=2)  # two requests this gateway did not send, ~1,600 tokens each
+    for replica in "bcd":
+        scrape(state, replica, waiting=0)
+    assert route(policy, state, req()) != "a"
 
 
 @pytest.mark.parametrize(
@@ -317,3 +379,49 @@ async def test_a_saturated_deployment_answers_503_saying_so_and_recovers() -> No
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
     assert "is saturated" in refused.json()["error"]["message"]
     assert after.status_code == 200
+
+
+async def test_the_gateway_charges_a_prompts_prefill_until_its_first_token_comes_back() -> None:
+    """Two upstreams that stream on cue: the prompt's tokens count against the replica that took it
+    from the moment it is sent until its first chunk arrives, not until the stream ends."""
+    go_first, finish = asyncio.Event(), asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await go_first.wait()
+        chunk = {"choices": [{"index": 0, "delta": {"content": "x"}}]}
+        await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await finish.wait()
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    policy = {"scorers": [{"name": "prefill-load"}]}
+    async with (
+        upstream(handler) as a,
+        upstream(handler) as b,
+        gateway_with(a, b, policy=policy) as (
+            client,
+            gateway,
+        ),
+    ):
+        body = {**CHAT, "stream": True, "messages": [{"role": "user", "content": "y" * 640}]}
+        board = gateway.routing.board
+
+        def charged() -> int:
+            return sum(board.of(r).prefill_tokens for r in ("r0", "r1"))
+
+        async def call() -> str:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+                assert resp.status_code == 200
+                assert charged() == 0  # the first chunk is here: its prefill is done
+                finish.set()
+                return "".join([line async for line in resp.aiter_lines()])
+
+        task = asyncio.create_task(call())
+        async with asyncio.timeout(5):
+            while charged() == 0:
+                await asyncio.sleep(0.01)
+        assert charged() > 100  # ~10 text blocks of ~16 tokens, on the replica that took it
+        go_first.set()
+        assert "[DONE]" in await task
