@@ -28,14 +28,17 @@ from computenet.gateway.routing.kv_index import KVBlockIndex
 from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState
 from computenet.gateway.routing.prefix import ApproxPrefixIndex
 from computenet.gateway.routing.presets import build_pipeline
+from computenet.gateway.routing.scorers import FILTERS, SCORERS
 
 ALL_ON = {
     "filters": [
         {"name": "saturation", "maxWaiting": 1000, "maxKvUsage": 0.999},
+        {"name": "region"},  # requests name no region: it keeps every replica
     ],
     "scorers": [
         {"name": "precise-prefix", "weight": 2},
         {"name": "prefix", "weight": 1},
+        {"name": "prefill-load", "weight": 1},
         {"name": "queue", "weight": 1},
         {"name": "kv-usage", "weight": 1},
         {"name": "least-request", "weight": 1},
@@ -90,6 +93,10 @@ def main() -> None:
     state = build_state(endpoints, args.blocks, rng)
     gc.collect()
     gc.freeze()  # as the gateway does at startup: long-lived state stays out of the collector's passes
+    named = {step["name"] for step in ALL_ON["filters"] + ALL_ON["scorers"]}
+    left_out = (set(FILTERS) | set(SCORERS)) - named
+    if left_out:
+        parser.error(f"ALL_ON lacks {', '.join(sorted(left_out))}: add them, the figure is for every one")
     pipeline = build_pipeline(args.preset or PolicySpec.model_validate(ALL_ON))
     pick_s, routed_s = [], []
     for n in range(args.picks):

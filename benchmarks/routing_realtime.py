@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -84,6 +85,7 @@ from typing import Any
 
 from gateway import peers, proctree, trace_client
 from gateway import routing_report as report
+from gateway.sim_gateway import STATS_PREFIX
 from gateway.simfleet import SimFleet, SimSpec
 
 from computenet.workloads import (
@@ -232,6 +234,15 @@ def added_ttft_ms(router_url: str, fleet: SimFleet, args: argparse.Namespace) ->
     return 1000 * (statistics.median(routed) - statistics.median(direct))
 
 
+def kv_event_stats(log: Path) -> dict[str, Any] | None:
+    """What `gateway/sim_gateway.py` printed on exit about its KV-event streams, if it did."""
+    for line in reversed(log.read_text(errors="replace").splitlines()):
+        if line.startswith(STATS_PREFIX):
+            stats: dict[str, Any] = json.loads(line[len(STATS_PREFIX) :])
+            return stats
+    return None
+
+
 def probe_body(tokens: int, index: int) -> bytes:
     text = prompt_text(TraceRequest(0.0, tokens, 2), index)
     return json.dumps({"model": MODEL, "prompt": text, "max_tokens": 2, "stream": True}).encode()
@@ -274,6 +285,8 @@ def measure(
         if proc is not None:
             proc.stop()
         fleet.stop()
+    if proc is not None and router.peer == "computenet":
+        out["kv_event_stats"] = kv_event_stats(proc.log)
     return out
 
 
@@ -359,6 +372,8 @@ def main() -> None:
             "the slice holds no requests: check --trace-start-s, --trace-window-s, --conversations"
         )
     prepared = prepare(requests, args.time_scale)
+    gc.collect()
+    gc.freeze()  # as the gateway does: no full collection walks the prepared bodies mid-replay
     span_s = prepared[-1].at_s
     print(
         f"{len(requests)} requests, {requests[-1].arrival_s:.0f} simulated s, {span_s:.0f} real s per router "

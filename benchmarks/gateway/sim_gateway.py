@@ -10,19 +10,27 @@ publishes replicas with `engine`, `kv_events` and `kv_events_replay`. This scrip
 what it does: it builds the app exactly as `computenet gateway` does (`build_app`), then
 publishes the workers as one deployment of `sim` Endpoints routed with `--policy`, and
 serves it with the same uvicorn settings (one worker, uvloop, httptools, no access log).
-Each `--worker` is `URL[,KV_EVENTS[,KV_EVENTS_REPLAY]]`.
+Each `--worker` is `URL[,KV_EVENTS[,KV_EVENTS_REPLAY]]`. On exit it prints one line,
+`kv-event stats {JSON}`: what its KV-event subscriber counted (batches, gaps, replays,
+resets), which the gateway's /metrics does not carry yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import signal
+import sys
 
 import uvicorn
 
 from computenet.api import Endpoint, PolicySpec
 from computenet.cli.gateway import build_app
+from computenet.gateway import GatewayApp
 
 DEPLOYMENT = "sims"
+STATS_PREFIX = "kv-event stats"
 
 
 def endpoints(model: str, workers: list[str]) -> list[Endpoint]:
@@ -44,6 +52,13 @@ def endpoints(model: str, workers: list[str]) -> list[Endpoint]:
     return out
 
 
+def report_and_exit(app: GatewayApp) -> None:
+    subscriber = app.gw.feeds.kv_events
+    if subscriber is not None:
+        print(STATS_PREFIX, json.dumps(dataclasses.asdict(subscriber.stats)), flush=True)
+    sys.exit(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
@@ -57,6 +72,8 @@ def main() -> None:
     app.gw.registry.publish_now(
         DEPLOYMENT, endpoints(args.model, args.worker), model=args.model, policy=policy
     )
+    # uvicorn re-raises the SIGTERM it shut down on once it has restored this handler
+    signal.signal(signal.SIGTERM, lambda *_: report_and_exit(app))
     uvicorn.run(
         app,
         host=args.host,

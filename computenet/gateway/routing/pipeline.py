@@ -18,12 +18,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Protocol, TypeVar, cast
 
 from computenet.engines.base import EngineLoad
 
 from .prefix import ApproxPrefixIndex, SessionTable, text_block_hashes
-from .signals import SignalBoard
+from .signals import EndpointSignals, SignalBoard
 
 
 class Routable(Protocol):
@@ -62,11 +63,19 @@ class RoutingRequest:
     # what the chosen one was charged: the forwarder gives it back at the first token
     uncached_tokens: dict[str, int] | None = None
     prefill_tokens: int = 0
+    # the prefix indexes' answers for this prompt, kept for one pick (see `RoutingState.kv_held`)
+    kv_matches: dict[str, Held] = field(default_factory=dict)  # per engine name
+    text_match: Held | None = None
 
     def prompt_blocks(self) -> Sequence[Hashable]:
         if self.text_blocks is None:
             self.text_blocks = text_block_hashes(self.content)
         return self.text_blocks
+
+
+Held = tuple[dict[str, int], int]
+"""How many leading blocks of a prompt each replica holds (replicas with none left out), and the
+prompt's length in those blocks."""
 
 
 class EngineHasher(Protocol):
@@ -94,6 +103,26 @@ class RoutingState:
                 request.engine_blocks[engine] = found
         return found
 
+    def kv_held(self, request: RoutingRequest, engine: str) -> Held:
+        """The prompt's leading KV blocks (hashed as `engine` hashes them) each replica's engine
+        reported holding; nothing when that cannot be known (no KV events, or hashes this gateway
+        cannot compute). The index is walked once per pick however many scorers ask (precise-prefix
+        and prefill-load both do): the walk is the largest part of a routing decision's cost."""
+        found = request.kv_matches.get(engine)
+        if found is None:
+            blocks = self.engine_blocks(request, engine) if self.kv is not None else None
+            found = (self.kv.match(blocks), len(blocks)) if self.kv is not None and blocks else ({}, 0)
+            request.kv_matches[engine] = found
+        return found
+
+    def text_held(self, request: RoutingRequest) -> Held:
+        """The prompt's leading text blocks this gateway routed to each replica (the approximate
+        index), walked once per pick as `kv_held` is."""
+        if request.text_match is None:
+            blocks = request.prompt_blocks()
+            request.text_match = (self.approx.match(blocks), len(blocks)) if blocks else ({}, 0)
+        return request.text_match
+
 
 @dataclass(slots=True)
 class Snapshot:
@@ -103,6 +132,7 @@ class Snapshot:
     replicas: list[str]
     in_flight: list[int]  # this gateway's requests in flight
     engines: list[EngineLoad | None]  # fresh scrapes; None when stale or never scraped
+    signals: list[EndpointSignals | None]  # the board's live entries (read only); None never seen
 
     @classmethod
     def of(cls, candidates: Sequence[Routable], board: SignalBoard) -> Snapshot:
@@ -119,6 +149,7 @@ class Snapshot:
             [self.replicas[i] for i in pos],
             [self.in_flight[i] for i in pos],
             [self.engines[i] for i in pos],
+            [self.signals[i] for i in pos],
         )
 
 
@@ -188,6 +219,8 @@ class Pipeline:
                 return candidates[0]
             if not self.scorers:
                 return candidates[self.picker.pick([0.0] * len(candidates), state.rng)]
+        request.kv_matches.clear()  # a retry's pick sees the indexes as they are now
+        request.text_match = None
         snap = Snapshot.of(candidates, state.board)
         for gate in self.filters:
             snap = snap.keep(gate.keep(request, snap, state))
@@ -212,8 +245,9 @@ class Pipeline:
 def _totals(weighted: list[list[float]], candidates: int) -> list[float]:
     """Each candidate's total over the scorers that had an opinion (none: all tie)."""
     if len(weighted) > 1:
-        # Summed column by column: one pass instead of one list per scorer (a third of the cost).
-        return list(map(sum, zip(*weighted, strict=True)))
+        # Summed column by column: one pass instead of one list per scorer (a third of the cost),
+        # each sum started at 0.0 so that `sum` takes its float path from the first score.
+        return list(map(sum, zip(*weighted, strict=True), repeat(0.0)))
     return weighted[0] if weighted else [0.0] * candidates
 
 

@@ -93,14 +93,17 @@ class SignalBoard:
     def in_flight(self, replicas: Sequence[str]) -> list[int]:
         return self.read(replicas)[0]
 
-    def read(self, replicas: Sequence[str]) -> tuple[list[int], list[EngineLoad | None]]:
-        """Each replica's in-flight count and fresh engine figures. The router asks for both, for 64
-        replicas at a time on every request: one lookup per replica and one clock read serve both."""
+    def read(
+        self, replicas: Sequence[str]
+    ) -> tuple[list[int], list[EngineLoad | None], list[EndpointSignals | None]]:
+        """Each replica's in-flight count, fresh engine figures and signals (None: never seen). The
+        router asks for all three, for 64 replicas at a time on every request: one lookup per
+        replica and one clock read serve them all."""
         limit = self.clock() - self.stale_after_s
         found = list(map(self._signals.get, replicas))
         in_flight = [s.in_flight if s is not None else 0 for s in found]
         engines = [s.engine if s is not None and s.scraped_at >= limit else None for s in found]
-        return in_flight, engines
+        return in_flight, engines, found
 
     def forget(self, keep: set[str]) -> None:
         """Drop endpoints that are gone (with nothing in flight), so the board does not grow forever."""

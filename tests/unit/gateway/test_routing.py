@@ -119,8 +119,8 @@ def test_the_board_reads_counts_and_fresh_figures_together() -> None:
     scrape(state, "b", waiting=1)
     state.board.acquire("b")
     clock[0] = 2.5  # a's scrape is 2.5 s old: stale; b's 1.5 s: fresh
-    in_flight, engines = state.board.read(["a", "b", "never-seen"])
-    assert in_flight == [0, 1, 0]
+    in_flight, engines, signals = state.board.read(["a", "b", "never-seen"])
+    assert in_flight == [0, 1, 0] and signals == [state.board.get("a"), state.board.get("b"), None]
     assert [e.waiting if e is not None else None for e in engines] == [None, 1, None]
     assert state.board.in_flight(["b"]) == [1] and state.board.engines(["a"]) == [None]
     assert state.board.get("never-seen") is None  # reading does not add replicas
@@ -224,9 +224,32 @@ def test_text_blocks_share_a_prefix_exactly_when_the_prompts_do() -> None:
 class Matcher:
     def __init__(self, held: dict[str, int]) -> None:
         self.held = held
+        self.walks = 0
 
     def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]:
+        self.walks += 1
         return {r: min(n, len(block_hashes)) for r, n in self.held.items()}
+
+
+def test_each_index_is_walked_once_per_pick_however_many_scorers_ask() -> None:
+    kv = Matcher({"a": 90, "b": 10})
+    state = RoutingState(kv=kv, hasher=lambda request, engine: list(range(100)))
+    state.approx.record("c", text_block_hashes(LONG))
+    walks = Counter[str]()
+    approx_match = state.approx.match
+
+    def counted(blocks: Sequence[Hashable]) -> dict[str, int]:
+        walks["approx"] += 1
+        return approx_match(blocks)
+
+    state.approx.match = counted  # type: ignore[method-assign]
+    scorers = [{"name": n} for n in ("precise-prefix", "prefill-load", "prefix", "queue")]
+    pipeline = build_pipeline(PolicySpec.model_validate({"scorers": scorers}))
+    request = req(LONG)
+    assert pipeline.pick(request, EPS, state) is not None
+    assert (kv.walks, walks["approx"]) == (1, 1)
+    assert pipeline.pick(request, EPS, state) is not None  # a retry: the indexes may have moved on
+    assert (kv.walks, walks["approx"]) == (2, 2)
 
 
 def test_precise_prefix_follows_the_engines_cache_but_not_into_a_queue() -> None:
@@ -271,6 +294,34 @@ def test_prefill_load_counts_other_gateways_queue_from_the_engine() -> None:
     for replica in "bcd":
         scrape(state, replica, waiting=0)
     assert route(policy, state, req()) != "a"
+
+
+def test_prefill_load_scores_as_its_formula_says_on_random_states() -> None:
+    """Uncached prompt tokens plus the prefill queued ahead: this gateway's own, and the engine's
+    other waiting requests at the typical request's tokens (none known: this prompt's)."""
+    rng = random.Random(11)
+    eps = [Ep(f"r{i}") for i in range(12)]
+    for _ in range(50):
+        held = {e.replica: rng.randrange(0, 9) for e in eps if rng.random() < 0.7}
+        state = RoutingState(kv=Matcher(held), hasher=lambda request, engine: list(range(8)))
+        for e in eps:
+            if rng.random() < 0.8:
+                scrape(state, e.replica, waiting=rng.randrange(4))
+            if rng.random() < 0.5:
+                state.board.begin_prefill(e.replica, rng.randrange(1, 500))
+        scorer = SCORERS["prefill-load"]()
+        scorer.typical_tokens = rng.choice([0.0, 90.0])
+        snap = Snapshot.of(eps, state.board)
+        typical = scorer.typical_tokens or 8 * 16
+        work = []
+        for e, engine in zip(eps, snap.engines, strict=True):
+            own = state.board.get(e.replica)
+            tokens, prefilling = (own.prefill_tokens, own.prefilling) if own else (0, 0)
+            queued = max(0.0, engine.waiting - prefilling) if engine is not None else 0.0
+            work.append(16 * (8 - min(held.get(e.replica, 0), 8)) + tokens + queued * typical)
+        low, high = min(work), max(work)
+        expected = [(high - w) / (high - low) if high > low else 1.0 for w in work]
+        assert scorer.score(req(), snap, state) == pytest.approx(expected, rel=1e-12)
 
 
 @pytest.mark.parametrize(
