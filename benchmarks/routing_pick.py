@@ -1,7 +1,7 @@
 """What one routing decision costs: picking among N endpoints with every filter and scorer on.
 
     .venv/bin/python benchmarks/routing_pick.py [--endpoints 64] [--blocks 128] [--picks 20000]
-        [--preset NAME]
+        [--preset NAME] [--without NAME,...]
 
 The gateway decides once per request, on the event loop, so this is latency added
 to every request and CPU taken from every other one. The state is a busy fleet:
@@ -87,6 +87,12 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=128, help="prompt length in KV blocks (16 tokens each)")
     parser.add_argument("--picks", type=int, default=20000)
     parser.add_argument("--preset", help="time this preset instead of every filter and scorer at once")
+    parser.add_argument(
+        "--without",
+        default="",
+        metavar="NAME,...",
+        help="leave out these filters and scorers (to compare with figures from before they existed)",
+    )
     args = parser.parse_args()
     rng = random.Random(0)
     endpoints = [Ep(f"ep-{i}", f"r{i % 4}") for i in range(args.endpoints)]
@@ -97,7 +103,11 @@ def main() -> None:
     left_out = (set(FILTERS) | set(SCORERS)) - named
     if left_out:
         parser.error(f"ALL_ON lacks {', '.join(sorted(left_out))}: add them, the figure is for every one")
-    pipeline = build_pipeline(args.preset or PolicySpec.model_validate(ALL_ON))
+    without = set(filter(None, args.without.split(",")))
+    if without - named:
+        parser.error(f"--without: no filter or scorer named {', '.join(sorted(without - named))}")
+    policy = {kind: [s for s in steps if s["name"] not in without] for kind, steps in ALL_ON.items()}
+    pipeline = build_pipeline(args.preset or PolicySpec.model_validate(policy))
     pick_s, routed_s = [], []
     for n in range(args.picks):
         prompt = n % 4000
@@ -119,7 +129,7 @@ def main() -> None:
     pick_s.sort()
     routed_s.sort()
     result = {
-        "policy": args.preset or "all filters and scorers",
+        "policy": args.preset or "all filters and scorers" + (f" but {args.without}" if without else ""),
         "endpoints": args.endpoints,
         "prompt_blocks": args.blocks // 2 + 1,
         "picks": args.picks,

@@ -208,8 +208,7 @@ def snapshot(router_pid: int, fleet: SimFleet) -> report.Snapshot:
         "system": proctree.system_busy_s(),
         "router": proctree.tree_cpu_s(router_pid),
         "sims": sum(proctree.tree_cpu_s(pid) for pid in fleet.pids()),
-        "client": proctree.cpu_ns(os.getpid())
-        / 1e9,  # this process alone: the sims and router are its children
+        "client": proctree.cpu_ns(os.getpid()) / 1e9,  # this process alone, not its children
     }
     return report.Snapshot(fleet.counters(), fleet.pacing(), cpu)
 
@@ -285,7 +284,7 @@ def measure(
         if proc is not None:
             proc.stop()
         fleet.stop()
-    if proc is not None and router.peer == "computenet":
+    if proc is not None and router.peer == "computenet" and proc.log.exists():
         out["kv_event_stats"] = kv_event_stats(proc.log)
     return out
 
@@ -364,6 +363,8 @@ def machine() -> str:
 
 def main() -> None:
     args = parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so every `finally` stops the sims and the router it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.client_cpus:
         os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
     requests = select_slice(args)
