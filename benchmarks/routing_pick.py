@@ -91,7 +91,8 @@ def main() -> None:
         "--without",
         default="",
         metavar="NAME,...",
-        help="leave out these filters and scorers (to compare with figures from before they existed)",
+        help="leave out these filters and scorers, to compare with figures from before they existed "
+        "(`region`, both a filter and a scorer, leaves out both)",
     )
     args = parser.parse_args()
     rng = random.Random(0)

@@ -79,6 +79,7 @@ class Gateway:
         self.feeds = SignalFeeds(
             self.registry, self.routing, self.kv_index, scrape_interval_s=scrape_interval_s
         )
+        self.metrics.add_routing_feeds(self.feeds)  # scrape errors, KV-event stats, index size
         self.forwarder = Forwarder(self.pool, self.table, self.routing, self.breakers, self.metrics)
         self.max_body_bytes = max_body_bytes
         self.in_flight: dict[str, int] = {}

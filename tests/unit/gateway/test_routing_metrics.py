@@ -173,11 +173,11 @@ async def test_a_gap_in_kv_events_shows_per_replica(
 
 
 async def test_the_gateways_own_feeds_are_read_as_they_are_created() -> None:
-    """Wired to a real `Gateway`'s feeds: the KV-event subscriber appears after the collector is made."""
+    """A real `Gateway` exports its own feeds on its /metrics registry; the KV-event subscriber
+    appears after the collector is made."""
     registry = EndpointRegistry()
     gateway = Gateway(registry, scrape_interval_s=INTERVAL_S)
-    metrics = GatewayMetrics()
-    metrics.add_routing_feeds(gateway.feeds)
+    metrics = gateway.metrics
     await gateway.start()
     try:
         dead = f"http://127.0.0.1:{free_port()}"
