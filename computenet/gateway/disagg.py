@@ -148,17 +148,14 @@ class PrefillStage:
         policy: RoutingPolicy,
         tried: set[str],
     ) -> Upstream | None:
-        """The best prefill replica whose breaker lets a request through; None when none is left."""
-        while candidates:
-            up = policy.pick(routing, candidates, self.state)
-            if up is None:
-                return None  # the deployment's filters turned every one away
-            if self.breakers.get(up.replica).allows():
-                policy.routed(routing, up, self.state)
-                return up
-            tried.add(up.replica)
-            candidates = tuple(u for u in candidates if u is not up)
-        return None
+        """The best prefill replica whose breaker lets a request through; None when none is left
+        or the deployment's filters turned every one away."""
+        up = self.breakers.first_allowed(
+            candidates, lambda left: policy.pick(routing, left, self.state), tried
+        )
+        if up is not None:
+            policy.routed(routing, up, self.state)
+        return up
 
     async def _once(
         self, up: Upstream, path: bytes, body: bytes, headers: Sequence[tuple[bytes, bytes]], label: str

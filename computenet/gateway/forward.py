@@ -231,21 +231,19 @@ class Forwarder:
         the policy's filters turned every remaining replica away."""
         if tried:
             candidates = tuple(u for u in candidates if u.replica not in tried)
-        while candidates:
-            if backend.deployment is None:  # a provider model: one upstream, nothing to choose
-                upstream = candidates[0]
-            else:
-                picked = policy.pick(request, candidates, self.state)
-                if picked is None:
-                    raise _Saturated
-                upstream = picked
-            if self.breakers.get(upstream.replica).allows():
-                if backend.deployment is not None:
-                    policy.routed(request, upstream, self.state)
-                return upstream
-            tried.add(upstream.replica)
-            candidates = tuple(u for u in candidates if u is not upstream)
-        return None
+        if backend.deployment is None:  # a provider model: its upstreams in order, nothing to score
+            return self.breakers.first_allowed(candidates, lambda left: left[0], tried)
+
+        def pick(left: tuple[Upstream, ...]) -> Upstream:
+            picked = policy.pick(request, left, self.state)
+            if picked is None:
+                raise _Saturated
+            return picked
+
+        upstream = self.breakers.first_allowed(candidates, pick, tried)
+        if upstream is not None:
+            policy.routed(request, upstream, self.state)
+        return upstream
 
     async def _attempt(
         self, ex: Exchange, backend: Backend, up: Upstream, send: Send, body: bytes | None = None

@@ -15,6 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol, TypeVar
+
+
+class _Keyed(Protocol):
+    @property
+    def replica(self) -> str: ...
+
+
+K = TypeVar("K", bound=_Keyed)
 
 
 class BreakerState(IntEnum):
@@ -132,6 +141,22 @@ class Breakers:
         if breaker is None:
             breaker = self._by_key[key] = CircuitBreaker(self.settings)
         return breaker
+
+    def first_allowed(
+        self, candidates: tuple[K, ...], pick: Callable[[tuple[K, ...]], K | None], tried: set[str]
+    ) -> K | None:
+        """`pick`'s choice among `candidates` whose breaker lets a request through, picking again
+        without the ones it does not (they join `tried`). None when none is left, or when `pick`
+        chooses nothing."""
+        while candidates:
+            chosen = pick(candidates)
+            if chosen is None:
+                return None
+            if self.get(chosen.replica).allows():
+                return chosen
+            tried.add(chosen.replica)
+            candidates = tuple(c for c in candidates if c is not chosen)
+        return None
 
     def states(self) -> dict[str, BreakerState]:
         return {key: b.state for key, b in self._by_key.items()}
