@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -37,14 +37,6 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 3.0) -> None:
 
 def store(*hashes: int) -> list[BlockStored]:
     return [BlockStored(list(hashes), None, [], 16)]
-
-
-@pytest.fixture
-async def subscriber() -> AsyncIterator[KVEventSubscriber]:
-    subscriber = KVEventSubscriber(KVBlockIndex(), replay_timeout_s=0.2)
-    await subscriber.start()
-    yield subscriber
-    await subscriber.close()
 
 
 @pytest.fixture

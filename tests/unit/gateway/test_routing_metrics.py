@@ -8,7 +8,7 @@ exposition of a `GatewayMetrics` registry.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -110,14 +110,6 @@ def test_before_any_kv_events_the_index_series_are_there_and_empty() -> None:
     found = samples(metrics)
     assert of(found, "kv_index_distinct_blocks") == 0
     assert not [key for key in found if key[0].startswith("computenet_gateway_kv_event")]
-
-
-@pytest.fixture
-async def subscriber() -> AsyncIterator[KVEventSubscriber]:
-    subscriber = KVEventSubscriber(KVBlockIndex(), replay_timeout_s=0.2)
-    await subscriber.start()
-    yield subscriber
-    await subscriber.close()
 
 
 @pytest.fixture
