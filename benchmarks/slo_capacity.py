@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from computenet.cli.sim_replay import arrivals
-from computenet.cli.sim_routing import make_router
+from computenet.cli.sim_routing import make_router, router_factories
 from computenet.engines.sim.catalog import load_catalog
 from computenet.engines.sim.core import CoreConfig
 from computenet.engines.sim.fleet import FleetConfig, FleetResult, GatewayGate, simulate
@@ -308,6 +308,9 @@ def main() -> None:
     unknown = [f for f in fleets if f not in FLEETS]
     if unknown:
         parser.error(f"--fleets: unknown {unknown}; choose from {', '.join(FLEETS)}")
+    known = {"oracle", *router_factories("")}
+    if bad := [p for p in policies if p not in known]:
+        parser.error(f"--policies: unknown {bad}; choose from {', '.join(sorted(known))}")
     rates = [float(r) for r in args.rates.split(",")]
     jobs = [(f, p, r, args.limit, args.gateways) for f in fleets for p in policies for r in rates]
     rows = [row for path in args.rows for row in _saved_rows(path)]
