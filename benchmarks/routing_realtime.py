@@ -14,9 +14,9 @@ says why). Then everything is stopped, even on error. Routers (`gateway/peers.py
 `ROUTERS`):
 
 * `computenet/precise-prefix`, `computenet/prefix` (also `computenet/round-robin`):
-  ComputeNet's gateway (`gateway/sim_gateway.py`) with the sims published as `sim`
-  endpoints with their KV-event sockets, so precise-prefix follows real KV events and
-  every policy reads the sims' /metrics;
+  `computenet gateway --upstream ... --engine sim --kv-events ... --kv-events-replay ...`,
+  so precise-prefix follows the sims' real KV events and every policy reads their
+  /metrics; its KV-event counters are read from its /metrics before it stops;
 * `sglang-router/cache_aware` (0.3.2): its approximate radix tree over prompt text;
 * `vllm-router/cache_aware` (0.1.17), its prefix-aware policy (a tree over token ids it
   gets from each worker's /tokenize), and `vllm-router/round_robin`. Its precise
@@ -85,8 +85,8 @@ from typing import Any
 
 from gateway import peers, proctree, trace_client
 from gateway import routing_report as report
-from gateway.sim_gateway import STATS_PREFIX
 from gateway.simfleet import SimFleet, SimSpec
+from prometheus_client.parser import text_string_to_metric_families
 
 from computenet.workloads import (
     TraceRequest,
@@ -233,13 +233,18 @@ def added_ttft_ms(router_url: str, fleet: SimFleet, args: argparse.Namespace) ->
     return 1000 * (statistics.median(routed) - statistics.median(direct))
 
 
-def kv_event_stats(log: Path) -> dict[str, Any] | None:
-    """What `gateway/sim_gateway.py` printed on exit about its KV-event streams, if it did."""
-    for line in reversed(log.read_text(errors="replace").splitlines()):
-        if line.startswith(STATS_PREFIX):
-            stats: dict[str, Any] = json.loads(line[len(STATS_PREFIX) :])
-            return stats
-    return None
+def kv_event_stats(url: str) -> dict[str, int] | None:
+    """ComputeNet's KV-event counters (`computenet_gateway_kv_event*_total`), summed over replicas,
+    from the gateway's /metrics; None when it has none (it followed no KV events)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    stats: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        name = family.name.removeprefix("computenet_gateway_")
+        if family.type == "counter" and name.startswith("kv_event"):
+            key = "events" if name == "kv_events" else name.removeprefix("kv_event_")
+            stats[key] = int(sum(s.value for s in family.samples if s.name.endswith("_total")))
+    return stats if stats.get("batches") else None
 
 
 def probe_body(tokens: int, index: int) -> bytes:
@@ -277,6 +282,8 @@ def measure(
         wall_s = time.perf_counter() - t0
         out |= report.row(results, wall_s, before, snapshot(proc.proc.pid, fleet), args.time_scale)
         out["added_ttft_idle_ms"] = None if added is None else round(added, 2)
+        if router.peer == "computenet":
+            out["kv_event_stats"] = kv_event_stats(proc.url)
     except Exception as exc:  # one router that cannot run must not lose the others' figures
         out["error"] = f"{type(exc).__name__}: {exc}"
         print(f"{name}: failed: {out['error']}", file=sys.stderr, flush=True)
@@ -284,8 +291,6 @@ def measure(
         if proc is not None:
             proc.stop()
         fleet.stop()
-    if proc is not None and router.peer == "computenet" and proc.log.exists():
-        out["kv_event_stats"] = kv_event_stats(proc.log)
     return out
 
 

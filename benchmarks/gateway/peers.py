@@ -24,8 +24,7 @@ command line for a given port and upstream, the bearer token a client must send.
 `ROUTERS` (for `benchmarks/routing_realtime.py`) starts the same installs in front of
 several workers with a routing policy chosen: each is a `FleetRouter`, whose `launch`
 gets every worker's URL and, where the worker publishes them, its KV-event sockets.
-ComputeNet's entry runs `gateway/sim_gateway.py`, because `computenet gateway
---upstream` cannot say that an upstream is a `sim` with KV events (see that file).
+ComputeNet's entry runs `computenet gateway --upstream ... --engine sim --kv-events ...`.
 """
 
 from __future__ import annotations
@@ -158,16 +157,15 @@ class FleetRouter:
     launch: Callable[[Path, int, str, Sequence[Worker], Path], Launch]
 
 
-SIM_GATEWAY = Path(__file__).resolve().parent / "sim_gateway.py"
-
-
 def fleet_computenet(policy: str) -> Callable[[Path, int, str, Sequence[Worker], Path], Launch]:
     def launch(venv: Path, port: int, model: str, workers: Sequence[Worker], workdir: Path) -> Launch:
-        argv = [str(venv / "bin" / "python"), str(SIM_GATEWAY), "--port", str(port), "--model", model]
-        argv += ["--policy", policy]
-        for w in workers:
-            argv += ["--worker", ",".join(x for x in (w.url, w.kv_events, w.kv_events_replay) if x)]
-        return Launch(argv)
+        argv = [str(venv / "bin" / "computenet"), "gateway", "--port", str(port), "--model", model]
+        argv += ["--upstream", ",".join(w.url for w in workers), "--engine", "sim", "--policy", policy]
+        if all(w.kv_events for w in workers):
+            argv += ["--kv-events", ",".join(str(w.kv_events) for w in workers)]
+        if all(w.kv_events_replay for w in workers):
+            argv += ["--kv-events-replay", ",".join(str(w.kv_events_replay) for w in workers)]
+        return Launch([*argv, "--no-access-log"])
 
     return launch
 

@@ -2,8 +2,13 @@
 
     computenet gateway --port 4000 --model llama --upstream http://10.0.0.5:8000,http://10.0.0.6:8000
     computenet gateway -f gateway.yaml        # Providers, Routes, Tenants and APIKeys
+    computenet gateway --model llama --upstream http://a:8000,http://b:8000 --engine vllm \
+        --kv-events tcp://a:5557,tcp://b:5557 --policy precise-prefix
 
-This is how people run a LiteLLM proxy today. With `--workers N` uvicorn starts N
+This is how people run a LiteLLM proxy today. Upstreams are any OpenAI-compatible
+servers unless `--engine` says what they run: then the gateway reads their load from
+/metrics, and with `--kv-events` (one publisher per upstream, in the same order) follows
+their KV caches for precise prefix routing. With `--workers N` uvicorn starts N
 processes on one socket; each builds its own gateway from the same arguments, which
 travel to them in an environment variable (uvicorn re-imports the app per worker).
 """
@@ -23,6 +28,7 @@ from typing import Any
 import uvicorn
 
 from computenet.api import (
+    DEFAULT_PRESET,
     AnyResource,
     ApiKey,
     DeclaredKey,
@@ -37,6 +43,7 @@ from computenet.api import (
     hash_key,
     load_file,
 )
+from computenet.engines import ENGINES
 from computenet.gateway import ConfigError, Gateway, GatewayApp
 from computenet.gateway.admission import Gates
 from computenet.gateway.auth import KeyBook
@@ -50,6 +57,7 @@ from computenet.gateway.limits import (
     RedisRateLimiter,
 )
 from computenet.gateway.metering import UsageMeter
+from computenet.gateway.routing.presets import PRESETS
 from computenet.gateway.tracing import Tracer
 from computenet.store import ResourceStore
 
@@ -64,6 +72,25 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("-f", "--filename", type=Path, help="Providers, Routes, Tenants and APIKeys (YAML)")
     p.add_argument("--model", help="public model name served by --upstream")
     p.add_argument("--upstream", help="comma-separated base URLs of OpenAI-compatible servers")
+    p.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        help="what the upstreams run, so their /metrics feed routing (default: any server; none read)",
+    )
+    p.add_argument(
+        "--kv-events",
+        metavar="URL[,URL...]",
+        help="each upstream's KV-event publisher (tcp://HOST:PORT), in --upstream's order; needs --engine",
+    )
+    p.add_argument(
+        "--kv-events-replay", metavar="URL[,URL...]", help="each upstream's KV-event replay socket, likewise"
+    )
+    p.add_argument(
+        "--policy",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help=f"routing preset for the upstreams (default {DEFAULT_PRESET}; docs/routing.md)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=4000, help="port (default 4000)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the port (default 1)")
@@ -111,6 +138,10 @@ def run_gateway(args: argparse.Namespace) -> int:
         "filename": str(args.filename) if args.filename else None,
         "model": args.model,
         "upstream": args.upstream,
+        "engine": args.engine,
+        "kv_events": args.kv_events,
+        "kv_events_replay": args.kv_events_replay,
+        "policy": args.policy,
         "require_key": args.require_key,
         "redis": args.redis,
         "failure_mode": args.limits_failure_mode,
@@ -162,6 +193,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("give --model NAME --upstream URL[,URL...], or -f FILE (or both)")
     if (args.model is None) != (args.upstream is None):
         raise ValueError("--model and --upstream go together: the name clients use, and where it is served")
+    if (args.kv_events or args.kv_events_replay) and not args.engine:
+        raise ValueError("--kv-events needs --engine: the gateway hashes prompts as that engine does")
+    if args.kv_events_replay and not args.kv_events:
+        raise ValueError("--kv-events-replay needs --kv-events: replay recovers events missed on those")
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     if args.max_in_flight is not None and args.max_in_flight < 1:
@@ -199,22 +234,11 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
         max_in_flight_per_endpoint=settings.get("max_in_flight"),
     )
     if settings.get("upstream"):
-        urls = [u.strip() for u in settings["upstream"].split(",") if u.strip()]
-        endpoints = [
-            Endpoint(
-                replica=f"{STATIC_DEPLOYMENT}-{i}",
-                deployment=STATIC_DEPLOYMENT,
-                model=settings["model"],
-                url=url,
-                engine="",  # any OpenAI-compatible server: no engine metrics to scrape, no KV events
-            )
-            for i, url in enumerate(urls)
-        ]
-        for endpoint in endpoints:
-            if not endpoint.url.startswith(("http://", "https://")):
-                raise ValueError(f"--upstream: {endpoint.url!r} is not an http:// or https:// URL")
         gateway.registry.publish_now(
-            STATIC_DEPLOYMENT, endpoints, model=settings["model"], policy=PolicySpec()
+            STATIC_DEPLOYMENT,
+            static_endpoints(settings),
+            model=settings["model"],
+            policy=PolicySpec.model_validate(settings.get("policy") or DEFAULT_PRESET),
         )
     gateway.configure(
         routes=[r for r in resources if isinstance(r, Route)],
@@ -222,6 +246,46 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
     )
     gateway.guards.configure_tenants([r for r in resources if isinstance(r, Tenant)])
     return GatewayApp(gateway)
+
+
+def static_endpoints(settings: dict[str, Any]) -> list[Endpoint]:
+    """`--upstream`'s servers as one deployment's endpoints, with their engine and KV-event sockets."""
+    urls = _urls(settings["upstream"])
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"--upstream: {url!r} is not an http:// or https:// URL")
+    kv = _per_upstream("--kv-events", settings.get("kv_events"), len(urls))
+    replay = _per_upstream("--kv-events-replay", settings.get("kv_events_replay"), len(urls))
+    return [
+        Endpoint(
+            replica=f"{STATIC_DEPLOYMENT}-{i}",
+            deployment=STATIC_DEPLOYMENT,
+            model=settings["model"],
+            url=url,
+            engine=settings.get("engine") or "",  # "": any OpenAI-compatible server, nothing to scrape
+            kv_events=kv[i],
+            kv_events_replay=replay[i],
+        )
+        for i, url in enumerate(urls)
+    ]
+
+
+def _urls(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def _per_upstream(flag: str, value: str | None, upstreams: int) -> list[str | None]:
+    if not value:
+        return [None] * upstreams
+    urls = _urls(value)
+    if len(urls) != upstreams:
+        raise ValueError(
+            f"{flag}: give one socket per --upstream, in the same order ({upstreams}), got {len(urls)}"
+        )
+    for url in urls:
+        if not url.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{flag}: {url!r} is not a ZMQ address (tcp://HOST:PORT or ipc://PATH)")
+    return list(urls)
 
 
 def _declares_limits(resources: Sequence[AnyResource]) -> bool:

@@ -54,6 +54,10 @@ class _FleetCache:
         found = {name: view.cached_prefix_blocks(hashes) for name, view in self.views.items()}
         return {name: depth for name, depth in found.items() if depth}
 
+    def __contains__(self, block_hash: object) -> bool:
+        hashes = [cast(int, block_hash)]
+        return any(view.cached_prefix_blocks(hashes) for view in self.views.values())
+
 
 class GatewayRouter:
     """A gateway `RoutingPolicy` as a fleet `Router`."""

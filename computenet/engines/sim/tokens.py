@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import re
 import string
+import sys
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -70,9 +72,46 @@ def token_id(token: str) -> int:
     return HASHED_BASE + zlib.crc32(token.encode()) % (VOCAB_SIZE - HASHED_BASE)
 
 
-def encode(text: str) -> list[int]:
-    """Token ids of `text`; the same text gives the same ids in every process."""
-    return [token_id(token) for token in _TOKEN.findall(text)]
+class _IdMemo(dict[str, int]):
+    """token -> id, filled on first sight. `token_id` is a Python call per token; a hit here is a
+    C-level dict lookup, which makes `encode` about a third cheaper. Bounded: past `LIMIT`
+    distinct tokens it starts afresh (a prompt of random strings must not grow it forever)."""
+
+    LIMIT = 1 << 18
+
+    def __missing__(self, token: str) -> int:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[token] = known = token_id(token)
+        return known
+
+
+_MEMO = _IdMemo()
+
+
+def encode(text: str, start: int = 0, end: int = sys.maxsize) -> list[int]:
+    """Token ids of `text` (of `text[start:end]` when a cut falls between tokens); the same text
+    gives the same ids in every process."""
+    return list(map(_MEMO.__getitem__, _TOKEN.findall(text, start, end)))
+
+
+PIECE_CHARS = 2048
+
+
+def encode_pieces(text: str, chars: int = PIECE_CHARS) -> Iterator[tuple[list[int], int]]:
+    """`encode(text)` in pieces of about `chars` characters, cut at spaces (no token spans one),
+    each with the number of characters it covers.
+
+    A router that needs only the leading blocks of a prompt (those some replica caches,
+    and one more) stops early instead of tokenizing 12k tokens it will not look at.
+    """
+    start = 0
+    while start < len(text):
+        end = text.find(" ", start + chars)
+        if end < 0:
+            end = len(text)
+        yield encode(text, start, end), end - start
+        start = end
 
 
 def decode(ids: Iterable[int]) -> str:
@@ -107,12 +146,20 @@ def chat_token_ids(messages: Iterable[tuple[str, str]], add_generation_prompt: b
     prefix and hit the prefix cache; with the generation prompt, the length equals
     `count_chat_tokens` of the texts.
     """
-    ids: list[int] = []
+    return list(chain.from_iterable(ids for ids, _ in chat_token_pieces(messages, add_generation_prompt)))
+
+
+def chat_token_pieces(
+    messages: Iterable[tuple[str, str]], add_generation_prompt: bool = True, chars: int = PIECE_CHARS
+) -> Iterator[tuple[list[int], int]]:
+    """`chat_token_ids` in pieces, as `encode_pieces` gives text: role markers (covering no
+    characters), then each message's text in pieces of about `chars` characters."""
     for role, text in messages:
-        ids += [MSG_START, _ROLE_IDS.get(role, _OTHER_ROLE), *encode(text), MSG_END]
+        yield [MSG_START, _ROLE_IDS.get(role, _OTHER_ROLE)], 0
+        yield from encode_pieces(text, chars)
+        yield [MSG_END], 0
     if add_generation_prompt:
-        ids += [MSG_START, _ROLE_IDS["assistant"], REPLY_SEP]
-    return ids
+        yield [MSG_START, _ROLE_IDS["assistant"], REPLY_SEP], 0
 
 
 def generate_pieces(count: int, seed: int = 0) -> list[str]:

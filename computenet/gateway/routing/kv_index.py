@@ -74,6 +74,10 @@ class KVBlockIndex:
         """Distinct block hashes held by at least one replica."""
         return len(self._holders)
 
+    def __contains__(self, block_hash: object) -> bool:
+        """Whether any replica holds this block."""
+        return block_hash in self._holders
+
     def replicas(self) -> list[str]:
         return list(self._replicas)
 

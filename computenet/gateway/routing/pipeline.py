@@ -16,9 +16,10 @@ invokes for the endpoint it really sent to (the circuit breaker may veto a pick)
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Container, Hashable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar, cast
 
 from computenet.engines.base import EngineLoad
@@ -48,6 +49,10 @@ class PrefixMatcher(Protocol):
 
     def match(self, block_hashes: Sequence[Hashable]) -> dict[str, int]: ...
 
+    def __contains__(self, block_hash: object) -> bool:
+        """Whether any replica holds this block (a hasher stops at the first no one does)."""
+        ...
+
 
 @dataclass(slots=True)
 class RoutingRequest:
@@ -58,10 +63,13 @@ class RoutingRequest:
     session: str | None = None  # x-session-id header, or the body's `user`
     region: str | None = None  # x-computenet-region header
     text_blocks: Sequence[Hashable] | None = None  # for approximate prefix affinity
-    engine_blocks: dict[str, Sequence[Hashable]] = field(default_factory=dict)  # per engine name
-    # prompt tokens each candidate would have to compute (the `prefill-load` scorer's estimate), and
-    # what the chosen one was charged: the forwarder gives it back at the first token
-    uncached_tokens: dict[str, int] | None = None
+    # every KV block hash of the prompt per engine name, when the caller knows them (the fleet
+    # simulator); else the state's hasher computes as many as matching needs
+    engine_blocks: dict[str, Sequence[Hashable]] = field(default_factory=dict)
+    # leading blocks of the prompt each candidate holds, in `Snapshot.replicas` order, and the
+    # prompt's length in blocks (what `prefill-load` scored); then the uncached tokens the chosen
+    # one was charged, which the forwarder gives back at the first token
+    cached_blocks: tuple[Sequence[str], list[int], int] | None = None
     prefill_tokens: int = 0
     # the prefix indexes' answers for this prompt, kept for one pick (see `RoutingState.kv_held`)
     kv_matches: dict[str, Held] = field(default_factory=dict)  # per engine name
@@ -78,10 +86,26 @@ Held = tuple[dict[str, int], int]
 prompt's length in those blocks."""
 
 
-class EngineHasher(Protocol):
-    """The block hashes an engine would give this prompt, or None when it cannot be known here."""
+@dataclass(frozen=True, slots=True)
+class PromptBlocks:
+    """A prompt's leading KV block hashes as its engine computes them, and its length in blocks.
 
-    def __call__(self, request: RoutingRequest, engine: str) -> Sequence[Hashable] | None: ...
+    `hashes` may end early: once a block is held by no replica, no replica can match past
+    it, so a hasher stops there (tokenizing a 12k-token prompt costs more than the rest of
+    a routing decision) and estimates `total` from the part it read.
+    """
+
+    hashes: Sequence[Hashable]
+    total: int
+
+
+class EngineHasher(Protocol):
+    """The block hashes `engine` would give this prompt, up to the first not in `known` (see
+    `PromptBlocks`); None when they cannot be computed here."""
+
+    def __call__(
+        self, request: RoutingRequest, engine: str, known: Container[Hashable]
+    ) -> PromptBlocks | None: ...
 
 
 @dataclass
@@ -95,25 +119,27 @@ class RoutingState:
     hasher: EngineHasher | None = None
     rng: random.Random = field(default_factory=random.Random)
 
-    def engine_blocks(self, request: RoutingRequest, engine: str) -> Sequence[Hashable] | None:
-        found = request.engine_blocks.get(engine)
-        if found is None and self.hasher is not None:
-            found = self.hasher(request, engine)
-            if found is not None:
-                request.engine_blocks[engine] = found
-        return found
-
     def kv_held(self, request: RoutingRequest, engine: str) -> Held:
         """The prompt's leading KV blocks (hashed as `engine` hashes them) each replica's engine
         reported holding; nothing when that cannot be known (no KV events, or hashes this gateway
-        cannot compute). The index is walked once per pick however many scorers ask (precise-prefix
-        and prefill-load both do): the walk is the largest part of a routing decision's cost."""
+        cannot compute). Hashed and walked once per pick however many scorers ask (precise-prefix
+        and prefill-load both do): together they are most of a routing decision's cost."""
         found = request.kv_matches.get(engine)
         if found is None:
-            blocks = self.engine_blocks(request, engine) if self.kv is not None else None
-            found = (self.kv.match(blocks), len(blocks)) if self.kv is not None and blocks else ({}, 0)
-            request.kv_matches[engine] = found
+            found = request.kv_matches[engine] = self._kv_held(request, engine)
         return found
+
+    def _kv_held(self, request: RoutingRequest, engine: str) -> Held:
+        if self.kv is None:
+            return {}, 0
+        known = request.engine_blocks.get(engine)
+        if known is not None:
+            blocks: PromptBlocks | None = PromptBlocks(known, len(known))
+        else:
+            blocks = self.hasher(request, engine, self.kv) if self.hasher is not None else None
+        if blocks is None or not blocks.total:
+            return {}, 0
+        return self.kv.match(blocks.hashes), blocks.total
 
     def text_held(self, request: RoutingRequest) -> Held:
         """The prompt's leading text blocks this gateway routed to each replica (the approximate
@@ -133,6 +159,16 @@ class Snapshot:
     in_flight: list[int]  # this gateway's requests in flight
     engines: list[EngineLoad | None]  # fresh scrapes; None when stale or never scraped
     signals: list[EndpointSignals | None]  # the board's live entries (read only); None never seen
+    _kind: str | None = field(default=None, init=False)
+    _kind_known: bool = field(default=False, init=False)
+
+    def engine_kind(self) -> str | None:
+        """The engine every candidate runs (prompts are hashed per engine), None when they differ;
+        worked out once per pick for every scorer that asks."""
+        if not self._kind_known:
+            kinds = set(map(attrgetter("engine"), self.candidates))
+            self._kind, self._kind_known = (kinds.pop() if len(kinds) == 1 else None), True
+        return self._kind
 
     @classmethod
     def of(cls, candidates: Sequence[Routable], board: SignalBoard) -> Snapshot:

@@ -23,8 +23,8 @@ def _lower_is_better(values: Sequence[float]) -> list[float]:
     low, high = min(values), max(values)
     if high <= low:
         return [1.0] * len(values)
-    span = high - low
-    return [(high - v) / span for v in values]
+    scale = 1.0 / (high - low)
+    return [(high - v) * scale for v in values]
 
 
 class _Stateless:
@@ -70,7 +70,10 @@ class KVUsage(_Stateless):
 def _shares(held: dict[str, int], total: int, replicas: Sequence[str]) -> list[float]:
     """Each replica's share of the `total` leading blocks it holds (`RoutingState.kv_held`); no
     opinion when no replica holds any."""
-    return [depth / total for depth in map(held.get, replicas, repeat(0))] if held else []
+    if not held:
+        return []
+    scale = 1.0 / total
+    return [depth * scale for depth in map(held.get, replicas, repeat(0))]
 
 
 class ApproxPrefix:
@@ -97,9 +100,9 @@ class PrecisePrefix(_Stateless):
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         if state.kv is None:
             return []  # no KV events: no opinion
-        kinds = {c.engine for c in snap.candidates}
-        if len(kinds) == 1:  # the usual case: one deployment, one engine
-            return _shares(*state.kv_held(request, kinds.pop()), snap.replicas)
+        kind = snap.engine_kind()
+        if kind is not None:  # the usual case: one deployment, one engine
+            return _shares(*state.kv_held(request, kind), snap.replicas)
         scores: list[float] = []  # mixed engines: each candidate against its engine's hashes
         for c in snap.candidates:
             held, total = state.kv_held(request, c.engine)
@@ -184,35 +187,43 @@ class PrefillLoad:
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         cached, blocks = self._cached_blocks(request, snap, state)
-        uncached = [TOKENS_PER_BLOCK * (blocks - depth) if depth < blocks else 0 for depth in cached]
-        request.uncached_tokens = dict(zip(snap.replicas, uncached, strict=True))
-        typical = self.typical_tokens or blocks * TOKENS_PER_BLOCK  # no history: priced like this one
-        # Two comprehensions over what the snapshot read once, rather than a loop that asks the
-        # board for each endpoint: under half the cost, and this scorer runs on every request.
-        others = [  # requests waiting in the engine that this gateway did not send
-            0.0 if e is None else e.waiting - (0 if own is None else own.prefilling)
-            for own, e in zip(snap.signals, snap.engines, strict=True)
-        ]
+        request.cached_blocks = (snap.replicas, cached, blocks)
+        tokens = blocks * TOKENS_PER_BLOCK
+        typical = self.typical_tokens or tokens  # no history: priced like this one
+        # One comprehension over what the snapshot read once, rather than a loop that asks the
+        # board for each endpoint: this scorer runs on every request. Per endpoint: the uncached
+        # part of this prompt, the prefill this gateway charged it, and the engine's waiting
+        # requests this gateway did not send (`e.waiting - own.prefilling`) at the typical size.
         return _lower_is_better(
             [
-                u + ((0 if own is None else own.prefill_tokens) + (n * typical if n > 0 else 0.0))
-                for own, n, u in zip(snap.signals, others, uncached, strict=True)
+                tokens
+                - TOKENS_PER_BLOCK * depth
+                + (0 if own is None else own.prefill_tokens)
+                + (
+                    n * typical
+                    if (n := (0 if e is None else e.waiting) - (0 if own is None else own.prefilling)) > 0
+                    else 0.0
+                )
+                for depth, own, e in zip(cached, snap.signals, snap.engines, strict=True)
             ]
         )
 
     @staticmethod
     def _cached_blocks(request: RoutingRequest, snap: Snapshot, state: RoutingState) -> tuple[list[int], int]:
-        """Leading blocks each candidate holds, and the prompt's length in blocks."""
-        kinds = {c.engine for c in snap.candidates}
-        held, blocks = state.kv_held(request, kinds.pop()) if len(kinds) == 1 else ({}, 0)
+        """Leading blocks each candidate holds (never more than the prompt's), and the prompt's
+        length in blocks."""
+        kind = snap.engine_kind()
+        held, blocks = state.kv_held(request, kind) if kind is not None else ({}, 0)
         if not blocks:
             held, blocks = state.text_held(request)
         return list(map(held.get, snap.replicas, repeat(0))), blocks
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
-        if request.uncached_tokens is None:  # a lone candidate: nothing was scored
+        if request.cached_blocks is None:  # a lone candidate: nothing was scored
             return
-        request.prefill_tokens = request.uncached_tokens.get(chosen.replica, 0)
+        replicas, cached, blocks = request.cached_blocks
+        depth = cached[replicas.index(chosen.replica)] if chosen.replica in replicas else 0
+        request.prefill_tokens = TOKENS_PER_BLOCK * (blocks - depth)
         state.board.begin_prefill(chosen.replica, request.prefill_tokens)
         if self.typical_tokens:
             self.typical_tokens += self.SMOOTHING * (request.prefill_tokens - self.typical_tokens)

@@ -25,7 +25,9 @@ from computenet.engines.sim.tokens import (
     count_tokens,
     decode,
     encode,
+    encode_pieces,
     generate_pieces,
+    token_id,
 )
 
 
@@ -50,6 +52,22 @@ def test_ids_are_the_same_in_another_process() -> None:
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == str(encode(text))
     assert any(token >= HASHED_BASE for token in encode(text))  # out-of-vocabulary words took the crc path
+
+
+def test_encode_gives_the_same_ids_after_its_memo_starts_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("computenet.engines.sim.tokens._IdMemo.LIMIT", 4)  # cleared many times over
+    expected = [token_id(t) for t in ("Zebra", ",", "the", "model", ":", "quantum", "flux", "!")]
+    assert encode("Zebra, the model: quantum flux!") == expected
+    assert encode("Zebra, the model: quantum flux!") == expected
+
+
+@pytest.mark.parametrize("chars", [1, 7, 64, 10_000])
+def test_encode_in_pieces_is_encode_cut_between_tokens(chars: int) -> None:
+    text = "naïve café — 3.14 (ok)? and  spaced   out\n" * 30
+    pieces = list(encode_pieces(text, chars))
+    assert [token for ids, _ in pieces for token in ids] == encode(text)
+    assert sum(covers for _, covers in pieces) == len(text)
+    assert len(pieces) > 1 or chars > len(text)
 
 
 def test_texts_sharing_a_token_prefix_share_an_id_prefix_and_block_hashes() -> None:

@@ -186,7 +186,7 @@ async def test_prefix_hits_steer_the_prefill() -> None:
             async with httpx.AsyncClient(base_url=pd.urls[holder]) as sim:  # an earlier turn, served there
                 body = {"model": "m", "messages": messages(first_turn), "max_tokens": 1}
                 assert (await sim.post("/v1/chat/completions", json=body)).status_code == 200
-            blocks = engine_block_hashes(RoutingRequest("m", content=messages(first_turn)), "sim")
+            blocks = engine_block_hashes(RoutingRequest("m", content=messages(first_turn)), "sim").hashes  # type: ignore[union-attr]
             assert blocks
             async with asyncio.timeout(5):  # the prefill's KV events reach the gateway's index
                 while pd.gateway.kv_index.match(blocks).get(holder, 0) < len(blocks):

@@ -26,7 +26,13 @@ from computenet.engines.sim.server import create_app as create_sim_app
 from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
 from computenet.gateway.routing.hashers import engine_block_hashes
 from computenet.gateway.routing.kv_index import KVBlockIndex
-from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState, Snapshot
+from computenet.gateway.routing.pipeline import (
+    EngineHasher,
+    PromptBlocks,
+    RoutingRequest,
+    RoutingState,
+    Snapshot,
+)
 from computenet.gateway.routing.prefix import ApproxPrefixIndex, text_block_hashes
 from computenet.gateway.routing.presets import PRESETS, build_pipeline
 from computenet.gateway.routing.scorers import SCORERS
@@ -96,7 +102,7 @@ def test_power_of_two_never_picks_the_busiest() -> None:
 def test_a_scorer_with_no_opinion_drops_out_and_the_others_decide() -> None:
     """No session pinned, no region asked for, no LoRA adapter anywhere, nothing indexed: those scorers
     say nothing (an empty list) rather than add the same number to every candidate."""
-    state = RoutingState(kv=KVBlockIndex(), hasher=lambda request, engine: [1, 2])
+    state = RoutingState(kv=KVBlockIndex(), hasher=hashing([1, 2]))
     for replica in "abcd":
         scrape(state, replica, max_lora=2)  # type: ignore[arg-type]
     for replica in "abd":
@@ -230,10 +236,18 @@ class Matcher:
         self.walks += 1
         return {r: min(n, len(block_hashes)) for r, n in self.held.items()}
 
+    def __contains__(self, block_hash: object) -> bool:
+        return True
+
+
+def hashing(blocks: Sequence[Hashable]) -> EngineHasher:
+    """A hasher that gives every request these blocks."""
+    return lambda request, engine, known: PromptBlocks(blocks, len(blocks))
+
 
 def test_each_index_is_walked_once_per_pick_however_many_scorers_ask() -> None:
     kv = Matcher({"a": 90, "b": 10})
-    state = RoutingState(kv=kv, hasher=lambda request, engine: list(range(100)))
+    state = RoutingState(kv=kv, hasher=hashing(list(range(100))))
     state.approx.record("c", text_block_hashes(LONG))
     walks = Counter[str]()
     approx_match = state.approx.match
@@ -254,7 +268,7 @@ def test_each_index_is_walked_once_per_pick_however_many_scorers_ask() -> None:
 
 def test_precise_prefix_follows_the_engines_cache_but_not_into_a_queue() -> None:
     blocks = list(range(100))
-    state = RoutingState(kv=Matcher({"a": 90, "b": 10}), hasher=lambda request, engine: blocks)
+    state = RoutingState(kv=Matcher({"a": 90, "b": 10}), hasher=hashing(blocks))
     assert route("precise-prefix", state, req()) == "a"
     for replica, waiting in zip("abcd", (40, 0, 0, 0), strict=True):
         scrape(state, replica, waiting=waiting, kv_cache_usage=0.99 if replica == "a" else 0.1)
@@ -276,7 +290,7 @@ def test_prefill_load_prices_a_cached_prefix_against_the_queue_in_front_of_it() 
     costs more tokens than the hit saves (1,440 of 1,600)."""
     blocks = list(range(100))
     policy = {"scorers": [{"name": "prefill-load"}]}
-    state = RoutingState(kv=Matcher({"a": 90}), hasher=lambda request, engine: blocks)
+    state = RoutingState(kv=Matcher({"a": 90}), hasher=hashing(blocks))
     state.board.begin_prefill("a", 1200)
     assert route(policy, state, req()) == "a"  # 1,200 + 160 < 1,600
     state.board.begin_prefill("a", 400)  # and the first request's 160 are charged there too
@@ -289,7 +303,7 @@ def test_prefill_load_prices_a_cached_prefix_against_the_queue_in_front_of_it() 
 def test_prefill_load_counts_other_gateways_queue_from_the_engine() -> None:
     blocks = list(range(100))
     policy = {"scorers": [{"name": "prefill-load"}]}
-    state = RoutingState(kv=Matcher({"a": 90}), hasher=lambda request, engine: blocks)
+    state = RoutingState(kv=Matcher({"a": 90}), hasher=hashing(blocks))
     scrape(state, "a", waiting=2)  # two requests this gateway did not send, ~1,600 tokens each
     for replica in "bcd":
         scrape(state, replica, waiting=0)
@@ -303,7 +317,7 @@ def test_prefill_load_scores_as_its_formula_says_on_random_states() -> None:
     eps = [Ep(f"r{i}") for i in range(12)]
     for _ in range(50):
         held = {e.replica: rng.randrange(0, 9) for e in eps if rng.random() < 0.7}
-        state = RoutingState(kv=Matcher(held), hasher=lambda request, engine: list(range(8)))
+        state = RoutingState(kv=Matcher(held), hasher=hashing(list(range(8))))
         for e in eps:
             if rng.random() < 0.8:
                 scrape(state, e.replica, waiting=rng.randrange(4))
@@ -401,7 +415,7 @@ async def test_precise_prefix_sends_a_shared_prompt_to_the_replica_whose_engine_
             return {**CHAT, "messages": [LONG[0], {"role": "user", "content": question}]}
 
         first = await replica_of(client, chat("q0"))
-        blocks = engine_block_hashes(RoutingRequest("m", content=chat("q0")["messages"]), "sim")
+        blocks = engine_block_hashes(RoutingRequest("m", content=chat("q0")["messages"]), "sim").hashes  # type: ignore[union-attr]
         assert blocks
         async with asyncio.timeout(5):  # the engine's events reach the gateway's index
             while gateway.kv_index.match(blocks).get(first, 0) < len(blocks) // 2:
