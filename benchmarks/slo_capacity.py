@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/slo_capacity.py [--fleets 70b-tp4,8b] [--rates 0.5,0.75,1,1.5,2,3,4]
         [--policies random,round-robin,least-request,prefix,precise-prefix,oracle] [--gateways 1]
-        [--limit N] [--jobs 2] [--out results.json] [--plot docs/img/slo_capacity.png]
+        [--max-in-flight 64] [--max-wait 30] [--limit N] [--jobs 2] [--out results.json]
+        [--plot docs/img/slo_capacity.png]
 
 Replays the Mooncake conversation trace (12,031 requests, ~59 minutes) on the
 virtual clock through a simulated fleet, sped up by each rate, once per policy:
@@ -15,7 +16,8 @@ In front of the replicas sits the gateway's admission gate as `computenet gatewa
 runs it with `maxInFlight` = 64 per replica (about twice the requests of this trace
 whose KV fits in one replica's cache, for either model): beyond that, requests wait
 in its queue (at most 1024, at most 30 s) and are routed when a slot frees, so
-overload shows as 429 and 503 and admitted requests never queue without end.
+overload shows as 429 and 503 and admitted requests never queue without end
+(`--max-in-flight` and `--max-wait` change the gate, to see how it bounds their wait).
 
 The SLO: p90 TTFT <= 2 s and p90 TPOT <= 100 ms with no failed request (a 429 or
 503 is a failure). A policy's SLO capacity is the highest rate at which it and every
@@ -64,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRACE = ROOT / "data" / "traces" / "mooncake_conversation.jsonl"
 TTFT_SLO_S, TPOT_SLO_S = 2.0, 0.100
 MAX_IN_FLIGHT = 64  # per replica, at the gateway's gate
+MAX_WAIT_S = 30.0  # the gate's queue timeout (`computenet gateway --queue-timeout`)
 
 
 @dataclass(frozen=True)
@@ -124,12 +127,22 @@ def _router(policy: str, shape: FleetShape, gateways: int) -> Router:
     return make_router(policy, model=shape.model, gateways=gateways)
 
 
-def run_one(fleet: str, policy: str, rate: float, limit: int | None, gateways: int) -> dict[str, Any]:
+def run_one(
+    fleet: str,
+    policy: str,
+    rate: float,
+    limit: int | None,
+    gateways: int,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    max_wait_s: float = MAX_WAIT_S,
+) -> dict[str, Any]:
     shape = FLEETS[fleet]
     catalog = load_catalog()
     requests = select(read_trace(TRACE), limit=limit, speedup=rate)
     config = FleetConfig(
-        replicas=shape.replicas, core=CoreConfig(tp=shape.tp), gate=GatewayGate(max_in_flight=MAX_IN_FLIGHT)
+        replicas=shape.replicas,
+        core=CoreConfig(tp=shape.tp),
+        gate=GatewayGate(max_in_flight=max_in_flight, max_wait_s=max_wait_s),
     )
     result = simulate(
         arrivals(requests),
@@ -138,7 +151,15 @@ def run_one(fleet: str, policy: str, rate: float, limit: int | None, gateways: i
         config,
         _router(policy, shape, gateways),
     )
-    return {"fleet": fleet, "policy": policy, "rate": rate, "gateways": gateways} | figures(result)
+    where = {
+        "fleet": fleet,
+        "policy": policy,
+        "rate": rate,
+        "gateways": gateways,
+        "max_in_flight": max_in_flight,
+        "max_wait_s": max_wait_s,
+    }
+    return where | figures(result)
 
 
 def figures(result: FleetResult) -> dict[str, Any]:
@@ -295,6 +316,15 @@ def main() -> None:
     parser.add_argument(
         "--gateways", type=int, default=1, help="gateway replicas the requests alternate over"
     )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=MAX_IN_FLIGHT,
+        help=f"the gateway's maxInFlight per replica ({MAX_IN_FLIGHT})",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=MAX_WAIT_S, help=f"the gate's queue timeout, s ({MAX_WAIT_S:g})"
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N requests (quick runs)")
     parser.add_argument("--ttft-slo", type=float, default=TTFT_SLO_S, help="p90 TTFT bound in seconds (2)")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
@@ -312,7 +342,16 @@ def main() -> None:
     if bad := [p for p in policies if p not in known]:
         parser.error(f"--policies: unknown {bad}; choose from {', '.join(sorted(known))}")
     rates = [float(r) for r in args.rates.split(",")]
-    jobs = [(f, p, r, args.limit, args.gateways) for f in fleets for p in policies for r in rates]
+    if args.max_in_flight < 1:
+        parser.error(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
+    if args.max_wait <= 0:
+        parser.error(f"--max-wait must be positive, got {args.max_wait}")
+    jobs = [
+        (f, p, r, args.limit, args.gateways, args.max_in_flight, args.max_wait)
+        for f in fleets
+        for p in policies
+        for r in rates
+    ]
     rows = [row for path in args.rows for row in _saved_rows(path)]
     if not args.rows:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
