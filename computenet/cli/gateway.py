@@ -16,6 +16,7 @@ travel to them in an environment variable (uvicorn re-imports the app per worker
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -195,6 +196,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--model and --upstream go together: the name clients use, and where it is served")
     if (args.kv_events or args.kv_events_replay) and not args.engine:
         raise ValueError("--kv-events needs --engine: the gateway hashes prompts as that engine does")
+    if args.kv_events and importlib.util.find_spec("zmq") is None:
+        raise ValueError("--kv-events needs the kv-events extra: pip install 'computenet[kv-events]'")
     if args.kv_events_replay and not args.kv_events:
         raise ValueError("--kv-events-replay needs --kv-events: replay recovers events missed on those")
     if args.workers < 1:

@@ -41,6 +41,7 @@ class SignalFeeds:
         self.kv_events: KVEventSubscriber | None = None
         self._started = False
         self._starting: asyncio.Task[None] | None = None
+        self._no_zmq_logged = False
         registry.on_change(self.sync)
 
     def sync(self) -> None:
@@ -50,8 +51,8 @@ class SignalFeeds:
         for up in upstreams:
             if up.engine in ENGINES:
                 self.scraper.track(up.replica, up.origin.url, up.engine)
-            if up.kv_events:
-                self._subscriber().track(up.replica, up.kv_events, up.kv_events_replay)
+            if up.kv_events and (subscriber := self._subscriber()) is not None:
+                subscriber.track(up.replica, up.kv_events, up.kv_events_replay)
         for replica in self.scraper.tracked() - live:
             self.scraper.untrack(replica)
         if self.kv_events is not None:
@@ -73,10 +74,21 @@ class SignalFeeds:
         if self.kv_events is not None:
             await self.kv_events.close()
 
-    def _subscriber(self) -> KVEventSubscriber:
+    def _subscriber(self) -> KVEventSubscriber | None:
+        """The KV-event subscriber, created on first need; None without the `kv-events` extra, when
+        replicas are routed without their KV events (said once in the log, not on every change)."""
         if self.kv_events is None:
-            from .kv_events import KVEventSubscriber  # needs the kv-events extra (pyzmq, msgpack)
-
+            try:
+                from .kv_events import KVEventSubscriber  # needs the kv-events extra (pyzmq, msgpack)
+            except ImportError as exc:
+                if not self._no_zmq_logged:
+                    self._no_zmq_logged = True
+                    log.error(
+                        "replicas publish KV events but this gateway cannot follow them (%s): "
+                        "pip install 'computenet[kv-events]'; until then precise-prefix routes on load",
+                        exc,
+                    )
+                return None
             self.kv_events = KVEventSubscriber(self.index)
             # From now on the precise scorer hashes prompts; before, that would be work for nothing.
             self.state.kv = self.index

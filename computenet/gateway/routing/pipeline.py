@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from computenet.engines.base import EngineLoad
 
-from .prefix import ApproxPrefixIndex, SessionTable, text_block_hashes
+from .prefix import BLOCK_CHARS, ApproxPrefixIndex, SessionTable, prompt_text, text_block_hashes
 from .signals import EndpointSignals, SignalBoard
 
 
@@ -143,10 +143,15 @@ class RoutingState:
 
     def text_held(self, request: RoutingRequest) -> Held:
         """The prompt's leading text blocks this gateway routed to each replica (the approximate
-        index), walked once per pick as `kv_held` is."""
+        index), walked once per pick as `kv_held` is. While the index is empty (no `prefix`
+        scorer fills it: the default preset without KV events) only the prompt's length is asked
+        for, and that needs no hashing."""
         if request.text_match is None:
-            blocks = request.prompt_blocks()
-            request.text_match = (self.approx.match(blocks), len(blocks)) if blocks else ({}, 0)
+            if request.text_blocks is None and self.approx.empty:
+                request.text_match = ({}, len(prompt_text(request.content)) // BLOCK_CHARS)
+            else:
+                blocks = request.prompt_blocks()
+                request.text_match = (self.approx.match(blocks), len(blocks)) if blocks else ({}, 0)
         return request.text_match
 
 

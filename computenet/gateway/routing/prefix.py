@@ -93,6 +93,11 @@ class ApproxPrefixIndex:
     def replicas(self) -> list[str]:
         return list(self._lru)
 
+    @property
+    def empty(self) -> bool:
+        """Whether no replica holds any block (nothing to match, so no prompt needs hashing)."""
+        return not len(self._index)
+
     def blocks(self, replica: str) -> int:
         return len(self._lru.get(replica, ()))
 

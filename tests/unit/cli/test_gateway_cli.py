@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 
 import httpx
 import pytest
@@ -90,6 +91,18 @@ def test_flags_that_do_not_fit_together_exit_2_naming_the_flag(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_kv_events_without_the_extra_installed_say_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "zmq" else find_spec(name))
+    with pytest.raises(SystemExit) as exited:
+        flags = ["--engine", "sim", "--kv-events", "tcp://127.0.0.1:1"]
+        main(["gateway", "--model", "m", "--upstream", "http://127.0.0.1:9", *flags])
+    assert exited.value.code == 2
+    assert "pip install 'computenet[kv-events]'" in capsys.readouterr().err
 
 
 def test_an_unknown_engine_or_policy_is_refused_with_the_choices(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,11 +14,13 @@ import httpx
 import pytest
 import zmq
 
+from computenet.api import Endpoint
 from computenet.engines.sim import SimConfig
 from computenet.engines.sim import kv_events as sim_kv_events
 from computenet.engines.sim.kv_events import KVEventPublisher
 from computenet.engines.sim.kvcache import BlockRemoved, BlockStored, chain_hashes
 from computenet.engines.sim.server import create_app
+from computenet.gateway import EndpointRegistry, Gateway
 from computenet.gateway.routing.kv_events import KVEventStats, KVEventSubscriber
 from computenet.gateway.routing.kv_index import KVBlockIndex
 from computenet.pools.processes import free_port
@@ -227,3 +231,21 @@ async def test_tracking_a_bad_address_names_it() -> None:
             subscriber.track("a", "not-an-address")
     finally:
         await subscriber.close()
+
+
+async def test_without_the_kv_events_extra_replicas_are_routed_on_load_and_it_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pyzmq missing (faked by hiding the subscriber's module): publishing replicas with KV-event
+    sockets neither fails nor opens a socket; the log says what to install, once."""
+    monkeypatch.setitem(sys.modules, "computenet.gateway.routing.kv_events", None)
+    registry = EndpointRegistry()
+    gateway = Gateway(registry)
+    endpoints = [
+        Endpoint(f"r{i}", "d", "m", f"http://127.0.0.1:{9 + i}", kv_events=address()) for i in range(2)
+    ]
+    with caplog.at_level(logging.ERROR, logger="computenet.gateway.routing.feeds"):
+        await registry.publish("d", endpoints, model="m", policy="precise-prefix")
+        await registry.publish("d", endpoints[:1], model="m", policy="precise-prefix")
+    assert gateway.feeds.kv_events is None and gateway.routing.kv is None
+    assert [r.getMessage().count("computenet[kv-events]") for r in caplog.records] == [1]

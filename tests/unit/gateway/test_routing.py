@@ -227,6 +227,18 @@ def test_text_blocks_share_a_prefix_exactly_when_the_prompts_do() -> None:
     assert text_block_hashes("short") == []
 
 
+def test_an_empty_approximate_index_gives_the_prompts_length_without_hashing_it() -> None:
+    """The default preset without KV events asks only how long the prompt is; once the `prefix`
+    scorer has filled the index, prompts are hashed and matched again."""
+    state = RoutingState()
+    request = RoutingRequest("m", content=LONG)
+    assert state.text_held(request) == ({}, len(text_block_hashes(LONG)))
+    assert request.text_blocks is None  # nothing was hashed
+    state.approx.record("a", text_block_hashes(LONG[:1]))
+    again = RoutingRequest("m", content=LONG)
+    assert state.text_held(again) == ({"a": len(text_block_hashes(LONG[:1]))}, len(text_block_hashes(LONG)))
+
+
 class Matcher:
     def __init__(self, held: dict[str, int]) -> None:
         self.held = held
