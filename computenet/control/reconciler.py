@@ -22,10 +22,6 @@ from .status import deployment_status
 
 log = logging.getLogger(__name__)
 
-# Every role is published with its name: `server` and `router` replicas take whole requests; the
-# gateway pairs `prefill` and `decode` replicas itself when their deployment has no router.
-PUBLISHED_ROLES = frozenset({"server", "router", "prefill", "decode"})
-
 
 class Reconciler:
     def __init__(
@@ -136,6 +132,8 @@ class Reconciler:
             await self._store.update_status("Deployment", dep.name, status)
         except NotFound:
             return  # deleted during this pass; the next pass stops its replicas
+        # Every ready replica is published with its role: `server` and `router` replicas take whole
+        # requests; the gateway pairs `prefill` and `decode` replicas itself when there is no router.
         endpoints = tuple(
             Endpoint(
                 replica=s.name,
@@ -149,7 +147,7 @@ class Reconciler:
                 kv_events_replay=s.kv_events_replay,
             )
             for s in observed
-            if s.phase == ReplicaPhase.READY and s.url and s.spec.role in PUBLISHED_ROLES
+            if s.phase == ReplicaPhase.READY and s.url
         )
         if self._published.get(dep.name) != endpoints:
             await self._sink.publish(

@@ -85,3 +85,8 @@ def has_arg(args: Mapping[str, ArgValue], *names: str) -> bool:
     """Whether `args` sets any of `names` (snake_case), however the key is spelled."""
     wanted = {name.replace("-", "_") for name in names}
     return any(key.replace("-", "_") in wanted for key in args)
+
+
+def arg_value(args: Mapping[str, ArgValue], name: str) -> ArgValue | None:
+    """The value `args` set for `name` (snake_case), however the key is spelled; None if unset."""
+    return next((value for key, value in args.items() if key.replace("-", "_") == name), None)

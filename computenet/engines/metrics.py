@@ -95,11 +95,6 @@ class SeriesReader:
         return found
 
 
-def check_exposition(text: str) -> None:
-    """Raise `MetricsParseError` naming the first line that is neither blank, a comment nor a sample."""
-    _check_lines("\n" + text)
-
-
 def read_samples(text: str) -> dict[str, list[Sample]]:
     """Every sample by sample name (`vllm:prompt_tokens_total`, not the family name)."""
     lines = "\n" + text

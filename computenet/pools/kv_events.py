@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from computenet.engines.base import ArgValue
+from computenet.engines.base import ArgValue, arg_value
 
 VLLM_TOPIC = "kv-events"
 
@@ -40,18 +40,10 @@ class KVEventsWiring:
 Wire = Callable[[Mapping[str, ArgValue], str, int, int], KVEventsWiring | None]
 
 
-def _arg(args: Mapping[str, ArgValue], name: str) -> ArgValue | None:
-    """The value of engine arg `name` (snake_case), however the key is spelled."""
-    for key, value in args.items():
-        if key.replace("-", "_") == name:
-            return value
-    return None
-
-
 def _sim(args: Mapping[str, ArgValue], host: str, port: int, replay_port: int) -> KVEventsWiring | None:
-    given = _arg(args, "kv_events_endpoint")
+    given = arg_value(args, "kv_events_endpoint")
     if isinstance(given, str):
-        replay = _arg(args, "kv_events_replay_endpoint")
+        replay = arg_value(args, "kv_events_replay_endpoint")
         return KVEventsWiring(given, replay if isinstance(replay, str) else None)
     endpoint, replay = f"tcp://{host}:{port}", f"tcp://{host}:{replay_port}"
     wired = {"kv_events_endpoint": endpoint, "kv_events_replay_endpoint": replay}
@@ -60,7 +52,7 @@ def _sim(args: Mapping[str, ArgValue], host: str, port: int, replay_port: int) -
 
 def _vllm(args: Mapping[str, ArgValue], host: str, port: int, replay_port: int) -> KVEventsWiring | None:
     env = {"PYTHONHASHSEED": "0"}
-    given = _arg(args, "kv_events_config")
+    given = arg_value(args, "kv_events_config")
     if given is not None:
         return _vllm_given(given, host, env)
     replay = f"tcp://{host}:{replay_port}"

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
+from openai.types import CompletionUsage
 
 from computenet.pools.processes import free_port
 
@@ -133,3 +135,19 @@ class Up:
 
 def deployment_json(up: Up, name: str) -> dict[str, Any]:
     return json.loads(cli("get", "deployment", name, "-o", "json", url=up.url).stdout)
+
+
+def streamed_chat(
+    client: openai.OpenAI, model: str, content: str, max_tokens: int
+) -> tuple[str, CompletionUsage | None]:
+    """One streamed chat completion through the SDK, usage asked for: its text and the last chunk's usage."""
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, chunks[-1].usage

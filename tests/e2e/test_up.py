@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from .harness import Up, cli, free_port, pid_alive, processes_in_groups, wait_for
+from .harness import Up, cli, free_port, pid_alive, processes_in_groups, streamed_chat, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -44,17 +44,9 @@ def test_openai_sdk_chat_completion(client: openai.OpenAI) -> None:
 
 
 def test_openai_sdk_streamed_chat_completion(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(
-        model="demo-llm",
-        messages=[{"role": "user", "content": "Count to five"}],
-        max_tokens=5,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    text, usage = streamed_chat(client, "demo-llm", "Count to five", max_tokens=5)
     assert len(text.split()) == 5
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert usage is not None and usage.completion_tokens == 5
 
 
 def test_openai_sdk_legacy_completion_and_models(client: openai.OpenAI) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 import computenet
 
-from .harness import Up
+from .harness import Up, streamed_chat
 
 pytestmark = pytest.mark.e2e
 
@@ -52,17 +52,9 @@ def test_the_example_is_served_prefill_then_decode(up: Up) -> None:
 
 def test_streaming_through_the_openai_sdk(up: Up) -> None:
     client = openai.OpenAI(base_url=up.url + "/v1", api_key="not-needed", max_retries=0)
-    stream = client.chat.completions.create(
-        model="pd-llm",
-        messages=[{"role": "user", "content": "Count to four"}],
-        max_tokens=4,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    text, usage = streamed_chat(client, "pd-llm", "Count to four", max_tokens=4)
     assert len(text.split()) == 4
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    assert usage is not None and usage.completion_tokens == 4
 
 
 def test_every_replica_publishes_kv_events_and_its_side(up: Up) -> None:

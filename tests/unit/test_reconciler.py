@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -50,10 +51,11 @@ class Harness:
         return -1 if published is None else len(published.upstreams)
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+@asynccontextmanager
+async def reconciling(tmp_path: Path, *, kv_events: bool = False) -> AsyncIterator[Harness]:
+    """A store, a local pool and a reconciler publishing to a registry; all stopped on exit."""
     store = await ResourceStore.open(sqlite_url(tmp_path))
-    pool = LocalPool(state_dir=tmp_path)
+    pool = LocalPool(state_dir=tmp_path, kv_events=kv_events)
     registry = EndpointRegistry()
     task = asyncio.create_task(Reconciler(store, {"local": pool}, registry, resync_s=0.5).run())
     try:
@@ -63,6 +65,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         await asyncio.gather(task, return_exceptions=True)
         await pool.close()
         await store.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with reconciling(tmp_path) as running:
+        yield running
 
 
 async def test_replicas_start_become_endpoints_and_scale_to_zero(harness: Harness) -> None:

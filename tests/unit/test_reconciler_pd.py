@@ -12,13 +12,11 @@ import httpx
 import pytest
 
 from computenet.api import load_text
-from computenet.control import Reconciler
 from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
 from computenet.gateway.registry import Published
-from computenet.pools import LocalPool
-from computenet.store import ResourceStore, sqlite_url
 
 from .servers import serve
+from .test_reconciler import reconciling
 
 MANIFEST = """
 kind: Model
@@ -37,18 +35,9 @@ spec:
 
 @pytest.fixture
 async def registry(tmp_path: Path) -> AsyncIterator[EndpointRegistry]:
-    store = await ResourceStore.open(sqlite_url(tmp_path))
-    pool = LocalPool(state_dir=tmp_path, kv_events=True)
-    registry = EndpointRegistry()
-    task = asyncio.create_task(Reconciler(store, {"local": pool}, registry, resync_s=0.5).run())
-    try:
-        await store.apply_all(load_text(MANIFEST))
-        yield registry
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await pool.close()
-        await store.close()
+    async with reconciling(tmp_path, kv_events=True) as running:
+        await running.store.apply_all(load_text(MANIFEST))
+        yield running.registry
 
 
 async def published(registry: EndpointRegistry) -> Published:

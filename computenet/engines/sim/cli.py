@@ -125,7 +125,18 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
     args = parser.parse_args(argv)
     if args.kv_events_replay_endpoint is not None and args.kv_events_endpoint is None:
         parser.error("--kv-events-replay-endpoint needs --kv-events-endpoint")
-    config = SimConfig(
+    try:
+        config = _sim_config(args)  # SimConfig's own checks, e.g. --kv-link-gbps inf
+        build_core(config)  # unknown ids, no room for a KV cache, a context the cache cannot hold
+    except ValueError as exc:
+        parser.error(str(exc))
+    if config.kv_transfer is not None:  # a prefill's answer names this replica as where its KV waits
+        config = replace(config, kv_side_channel_host=str(args.host), kv_side_channel_port=int(args.port))
+    return ServeOptions(config=config, host=args.host, port=int(args.port))
+
+
+def _sim_config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
         model=args.model,
         gpu=args.gpu,
         arch=args.arch,
@@ -147,13 +158,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ServeOptions:
         kv_transfer=args.kv_transfer_config,
         kv_link_gbps=float(args.kv_link_gbps),
     )
-    if config.kv_transfer is not None:  # a prefill's answer names this replica as where its KV waits
-        config = replace(config, kv_side_channel_host=str(args.host), kv_side_channel_port=int(args.port))
-    try:
-        build_core(config)  # unknown ids, no room for a KV cache, a context the cache cannot hold
-    except ValueError as exc:
-        parser.error(str(exc))
-    return ServeOptions(config=config, host=args.host, port=int(args.port))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -58,8 +58,11 @@ class SimConfig:
             raise ValueError("SimConfig.kv_events_replay_endpoint needs kv_events_endpoint")
         if math.isnan(self.time_scale) or self.time_scale <= 0:
             raise ValueError(f"SimConfig.time_scale must be positive, got {self.time_scale}")
-        if math.isnan(self.kv_link_gbps) or not 0 < self.kv_link_gbps < math.inf:
-            raise ValueError(f"SimConfig.kv_link_gbps must be a positive number, got {self.kv_link_gbps}")
+        if not 0 < self.kv_link_gbps < math.inf:  # also refuses nan
+            raise ValueError(
+                f"SimConfig.kv_link_gbps (--kv-link-gbps) must be a positive, finite number of GB/s, "
+                f"got {self.kv_link_gbps}"
+            )
 
     def core_config(self) -> CoreConfig:
         return CoreConfig(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .catalog import load_catalog
@@ -33,7 +33,7 @@ from .kvcache import chain_hashes
 from .metrics import SimMetrics, cache_config_info
 from .scheduler import Phase, SimRequest
 from .tokens import generate_pieces
-from .transfer import RemotePrefill, Transfer, kv_bytes_per_token_per_gpu, kv_transfer_seconds
+from .transfer import RemoteDecode, RemotePrefill, Transfer, kv_bytes_per_token_per_gpu, kv_transfer_seconds
 
 if TYPE_CHECKING:
     from .kv_events import KVEventPublisher
@@ -113,14 +113,6 @@ class TransferStats:
     bytes: float = 0.0
     seconds: float = 0.0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "transfers": self.transfers,
-            "tokens": self.tokens,
-            "bytes": self.bytes,
-            "seconds": self.seconds,
-        }
-
 
 @dataclass
 class PacingStats:
@@ -176,7 +168,7 @@ class Generation:
             prompt_token_ids=token_ids,
             owner=self,
             remote_prefill=isinstance(transfer, RemotePrefill),
-            remote_decode=transfer is not None and not isinstance(transfer, RemotePrefill),
+            remote_decode=isinstance(transfer, RemoteDecode),
         )
         self.delivered = 0  # tokens the driver has handed over
         self.closed = False  # the consumer is gone (done, or the client left)
@@ -327,18 +319,12 @@ class SimEngine:
             "core_steps": core.steps,
             "preemptions": core.scheduler.preemptions,
         }
-        scheduler = core.scheduler
-        sources = {
-            "local_compute": scheduler.local_compute_tokens,
-            "local_cache_hit": scheduler.local_cache_hit_tokens,
-            "external_kv_transfer": scheduler.external_kv_tokens,
-        }
         return {
             **self.stats.as_dict(),
             **busy,
             "time_scale": self.config.time_scale,
-            "prompt_tokens_by_source": sources,
-            "kv_transfer": self.transfer_stats.as_dict(),
+            "prompt_tokens_by_source": core.scheduler.prompt_tokens_by_source(),
+            "kv_transfer": asdict(self.transfer_stats),
         }
 
     def submit(self, generation: Generation) -> None:

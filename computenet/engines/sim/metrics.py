@@ -75,17 +75,12 @@ class _CoreCollector(Collector):
         yield info
 
     def _by_source(self, core: EngineCore) -> CounterMetricFamily:
-        scheduler = core.scheduler
         family = CounterMetricFamily(
             "vllm:prompt_tokens_by_source",
             "Prompt tokens by where their KV came from: computed here, this cache, or another engine.",
             labels=[*_LABELS, "source"],
         )
-        for source, value in (
-            ("local_compute", scheduler.local_compute_tokens),
-            ("local_cache_hit", scheduler.local_cache_hit_tokens),
-            ("external_kv_transfer", scheduler.external_kv_tokens),
-        ):
+        for source, value in core.scheduler.prompt_tokens_by_source().items():
             family.add_metric([self._model_name, source], float(value))
         return family
 

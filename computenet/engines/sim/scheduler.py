@@ -240,11 +240,7 @@ class Scheduler:
                 break
             waiting.popleft()
             if not request.scheduled_once:
-                request.scheduled_once = True
-                request.cached_tokens = computed
-                kv.record_lookup(request.prompt_len, computed)
-                self.local_cache_hit_tokens += computed
-                self.local_compute_tokens += request.prompt_len - computed
+                self._first_admission(request, computed)
             request.num_computed = computed
             request.phase = Phase.RUNNING
             running.append(request)
@@ -253,20 +249,33 @@ class Scheduler:
 
     def _receive(self, request: SimRequest, hits: Sequence[int], computed: int) -> bool:
         """Give a remotely prefilled request blocks for its prompt; it waits for them to fill."""
-        kv = self.kv
-        if not kv.allocate(request, request.prompt_len, hits):
+        if not self.kv.allocate(request, request.prompt_len, hits):
             return False
         self.waiting.popleft()
         request.phase = Phase.RECEIVING
         request.transfer_tokens = request.prompt_len - computed
-        request.scheduled_once = True
-        request.cached_tokens = computed
-        kv.record_lookup(request.prompt_len, computed)
-        self.local_cache_hit_tokens += computed
-        self.external_kv_tokens += request.prompt_len - computed - 1
-        self.local_compute_tokens += 1  # the last prompt token is computed here, as vLLM does
+        # All but the last prompt token arrive; that one is computed here, as vLLM does.
+        self._first_admission(request, computed, external=request.prompt_len - computed - 1)
         self.receiving.append(request)
         return True
+
+    def _first_admission(self, request: SimRequest, computed: int, external: int = 0) -> None:
+        """Count, once per request, where its prompt's KV comes from: `computed` tokens from this
+        cache, `external` from another engine, the rest computed here."""
+        request.scheduled_once = True
+        request.cached_tokens = computed
+        self.kv.record_lookup(request.prompt_len, computed)
+        self.local_cache_hit_tokens += computed
+        self.external_kv_tokens += external
+        self.local_compute_tokens += request.prompt_len - computed - external
+
+    def prompt_tokens_by_source(self) -> dict[str, int]:
+        """The counters under vLLM's `prompt_tokens_by_source` source labels."""
+        return {
+            "local_compute": self.local_compute_tokens,
+            "local_cache_hit": self.local_cache_hit_tokens,
+            "external_kv_transfer": self.external_kv_tokens,
+        }
 
     def finish_receiving(self, request: SimRequest) -> None:
         """Its prompt's KV has landed: cache the full blocks and queue it first to compute the last token."""

@@ -288,3 +288,13 @@ def test_the_command_line_takes_vllms_kv_transfer_config(capsys: pytest.CaptureF
             parse_args(["--model", "m", "--kv-transfer-config", bad])
         assert exited.value.code == 2
         assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gbps", ["inf", "0", "nan"])
+def test_a_link_that_is_not_a_positive_finite_rate_is_a_usage_error(
+    gbps: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--model", "m", "--kv-link-gbps", gbps])
+    assert exited.value.code == 2
+    assert "--kv-link-gbps" in capsys.readouterr().err
