@@ -36,7 +36,6 @@ import os
 import platform
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -48,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import peers, proctree
+from gateway.flags import cpu_list, cpu_set
+from gateway.proctree import pinned
 
 HERE = Path(__file__).resolve().parent
 UPSTREAM = HERE / "gateway" / "upstream.py"
@@ -75,10 +76,6 @@ def phases(args: argparse.Namespace) -> list[Phase]:
         Phase(f"json_c{c}", "json", c, 10**9, args.duration, 2 * c, 3.0),
         Phase(f"stream_c{c}", "stream", c, 10**9, args.duration, 2 * c, 3.0),
     ]
-
-
-def pinned(cpus: str | None, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpus, *argv] if cpus else argv
 
 
 def start_upstream(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
@@ -134,15 +131,8 @@ class Gateway:
         if problem:
             raise RuntimeError(problem)
         t0 = time.perf_counter()
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                pinned(self.args.gateway_cpus, self.launch.argv),
-                env={**os.environ, **self.launch.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.log.parent,
-                start_new_session=True,
-            )
+        argv = pinned(self.args.gateway_cpus, self.launch.argv)
+        self.proc = proctree.spawn(argv, self.log, env=self.launch.env, cwd=self.log.parent)
         while not post_ok(self.url, self.launch.api_key):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"exited with code {self.proc.returncode}:\n{log_tail(self.log)}")
@@ -152,14 +142,8 @@ class Gateway:
         return time.perf_counter() - t0
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None:
+            proctree.stop_group(self.proc, 15)
 
 
 @dataclass(frozen=True)
@@ -319,7 +303,7 @@ def machine() -> dict[str, Any]:
 def phase_stat(target: dict[str, Any], phase: str, key: str) -> float | None:
     result = target.get("phases", {}).get(phase, {})
     if key in ("rps", "cpu_ms_per_request", "failed"):
-        return result.get(key)
+        return result.get(key)  # type: ignore[no-any-return]
     for summary in result.get("by_kind", {}).values():
         return summary.get(key)  # type: ignore[no-any-return]
     return None
@@ -395,8 +379,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--soak-seconds", type=float, default=0.0, help="ComputeNet only: mixed c=64 load")
     parser.add_argument("--workers", type=int, default=None, help="passed to `computenet gateway`")
-    parser.add_argument("--gateway-cpus", default="1", help="taskset list for the gateway ('' = no pinning)")
-    parser.add_argument("--client-cpus", default="0", help="taskset list for the upstream and load generator")
+    parser.add_argument(
+        "--gateway-cpus", type=cpu_list, default="1", help="taskset list for the gateway ('' = no pinning)"
+    )
+    parser.add_argument(
+        "--client-cpus", type=cpu_list, default="0", help="taskset list for the upstream and load generator"
+    )
     parser.add_argument("--cache-dir", type=Path, default=peers.DEFAULT_CACHE)
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: under --cache-dir)")
     args = parser.parse_args()
@@ -417,7 +405,7 @@ def main() -> None:
     workdir = args.cache_dir / "runs" / stamp
     workdir.mkdir(parents=True, exist_ok=True)
     if args.client_cpus:  # this process only waits, but keep it off the gateway's core too
-        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",") if c.isdigit()})
+        os.sched_setaffinity(0, cpu_set(args.client_cpus))
     upstream_proc, upstream_url = start_upstream(args)
     upstream = Endpoint(upstream_url, None, None, upstream_proc.pid)
     results = []
@@ -425,9 +413,8 @@ def main() -> None:
         for name in ["direct", *[t for t in args.targets.split(",") if t]]:
             results.append(measure(name, args, upstream, workdir))
     finally:
-        os.killpg(upstream_proc.pid, signal.SIGTERM)
-        upstream_proc.wait(10)
-    report = {
+        proctree.stop_group(upstream_proc, 10)
+    report: dict[str, Any] = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": machine(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

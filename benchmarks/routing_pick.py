@@ -21,16 +21,20 @@ import random
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
+
+from gateway.flags import positive
 
 from computenet.api import PolicySpec
+from computenet.api.routing import LEGACY_PRESETS
 from computenet.engines.base import EngineLoad
 from computenet.gateway.routing.kv_index import KVBlockIndex
 from computenet.gateway.routing.pipeline import RoutingRequest, RoutingState
 from computenet.gateway.routing.prefix import ApproxPrefixIndex
-from computenet.gateway.routing.presets import build_pipeline
+from computenet.gateway.routing.presets import PRESETS, build_pipeline
 from computenet.gateway.routing.scorers import FILTERS, SCORERS
 
-ALL_ON = {
+ALL_ON: dict[str, list[dict[str, Any]]] = {
     "filters": [
         {"name": "saturation", "maxWaiting": 1000, "maxKvUsage": 0.999},
         {"name": "region"},  # requests name no region: it keeps every replica
@@ -83,10 +87,16 @@ def build_state(endpoints: list[Ep], blocks: int, rng: random.Random) -> Routing
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--endpoints", type=int, default=64)
-    parser.add_argument("--blocks", type=int, default=128, help="prompt length in KV blocks (16 tokens each)")
-    parser.add_argument("--picks", type=int, default=20000)
-    parser.add_argument("--preset", help="time this preset instead of every filter and scorer at once")
+    parser.add_argument("--endpoints", type=positive(int), default=64)
+    parser.add_argument(
+        "--blocks", type=positive(int), default=128, help="prompt length in KV blocks (16 tokens each)"
+    )
+    parser.add_argument("--picks", type=positive(int), default=20000)
+    parser.add_argument(
+        "--preset",
+        choices=[*PRESETS, *LEGACY_PRESETS],
+        help="time this preset instead of every filter and scorer at once",
+    )
     parser.add_argument(
         "--without",
         default="",

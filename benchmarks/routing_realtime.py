@@ -85,6 +85,7 @@ from typing import Any
 
 from gateway import peers, proctree, trace_client
 from gateway import routing_report as report
+from gateway.flags import at_least, cpu_list, cpu_set, fraction, positive
 from gateway.simfleet import SimFleet, SimSpec
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -162,16 +163,8 @@ class RouterProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = ["taskset", "-c", self.cpus, *self.launch.argv] if self.cpus else self.launch.argv
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                env={**os.environ, **self.launch.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.log.parent,
-                start_new_session=True,
-            )
+        argv = proctree.pinned(self.cpus, self.launch.argv)
+        self.proc = proctree.spawn(argv, self.log, env=self.launch.env, cwd=self.log.parent)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not completes(self.url, "warm-up 0"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -180,14 +173,8 @@ class RouterProcess:
             time.sleep(0.25)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        if self.proc is not None:
+            proctree.stop_group(self.proc, 10)
 
 
 def completes(url: str, prompt: str) -> bool:
@@ -331,23 +318,31 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--replicas", type=int, default=4, choices=range(1, 9), metavar="N (1-8)")
     p.add_argument("--gpu", default="H100")
     p.add_argument("--arch", default="llama-3.1-8b")
-    p.add_argument("--time-scale", type=float, default=6.0, help="sims run this much faster than the GPU")
-    p.add_argument("--speedup", type=float, default=2.0, help="simulated arrivals at this x the trace's rate")
+    p.add_argument(
+        "--time-scale", type=positive(float), default=6.0, help="sims run this much faster than the GPU"
+    )
+    p.add_argument(
+        "--speedup", type=positive(float), default=2.0, help="simulated arrivals at this x the trace's rate"
+    )
     p.add_argument("--trace", type=Path, default=TRACE)
-    p.add_argument("--trace-start-s", type=float, default=0.0)
-    p.add_argument("--trace-window-s", type=float, default=900.0, help="seconds of the recorded trace")
-    p.add_argument("--conversations", type=float, help="share kept (default replicas / 16)")
-    p.add_argument("--limit", type=int, help="at most this many requests")
-    p.add_argument("--request-timeout-s", type=float, default=60.0, help="real seconds per request")
-    p.add_argument("--rounds", type=int, default=1, help="run the routers this many times, in turn")
-    p.add_argument("--probes", type=int, default=9, help="idle requests through the router and direct")
-    p.add_argument("--probe-tokens", type=int, default=8000, help="prompt length of each probe")
+    p.add_argument("--trace-start-s", type=at_least(0, float), default=0.0)
+    p.add_argument(
+        "--trace-window-s", type=positive(float), default=900.0, help="seconds of the recorded trace"
+    )
+    p.add_argument("--conversations", type=fraction, help="share kept (default replicas / 16)")
+    p.add_argument("--limit", type=positive(int), help="at most this many requests")
+    p.add_argument("--request-timeout-s", type=positive(float), default=60.0, help="real seconds per request")
+    p.add_argument("--rounds", type=positive(int), default=1, help="run the routers this many times, in turn")
+    p.add_argument(
+        "--probes", type=at_least(0, int), default=9, help="idle requests through the router and direct"
+    )
+    p.add_argument("--probe-tokens", type=positive(int), default=8000, help="prompt length of each probe")
     p.add_argument(
         "--keep-alive", action="store_true", help="reuse connections (shows sglang-router's stall)"
     )
-    p.add_argument("--sim-cpus", default=sims)
-    p.add_argument("--router-cpus", default=router)
-    p.add_argument("--client-cpus", default=client)
+    p.add_argument("--sim-cpus", type=cpu_list, default=sims)
+    p.add_argument("--router-cpus", type=cpu_list, default=router)
+    p.add_argument("--client-cpus", type=cpu_list, default=client)
     p.add_argument("--cache-dir", type=Path, default=peers.DEFAULT_CACHE)
     p.add_argument("--no-virtual", action="store_true", help="skip the virtual-time reference")
     p.add_argument("--write-trace", type=Path, help="save the slice (simulated-time arrivals) here")
@@ -357,6 +352,8 @@ def parse_args() -> argparse.Namespace:
     unknown = [r for r in args.routers if r not in peers.ROUTERS]
     if unknown:
         p.error(f"unknown router {', '.join(unknown)}; known: {', '.join(peers.ROUTERS)}")
+    if not args.trace.is_file():
+        p.error(f"--trace: no file at {args.trace}")
     if args.conversations is None:
         args.conversations = min(1.0, args.replicas / FLEET_OF_RECORD)
     return args
@@ -371,7 +368,7 @@ def main() -> None:
     # A SIGTERM unwinds like Ctrl-C, so every `finally` stops the sims and the router it started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.client_cpus:
-        os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+        os.sched_setaffinity(0, cpu_set(args.client_cpus))
     requests = select_slice(args)
     if not requests:
         raise SystemExit(

@@ -52,6 +52,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from gateway.flags import listed, positive
+
 from computenet.cli.sim_replay import arrivals
 from computenet.cli.sim_routing import make_router, router_factories
 from computenet.engines.sim.catalog import load_catalog
@@ -311,55 +313,60 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--fleets", default="70b-tp4,8b")
-    parser.add_argument("--rates", default="0.5,0.75,1,1.5,2,3,4")
+    parser.add_argument("--rates", type=listed(positive(float)), default="0.5,0.75,1,1.5,2,3,4")
     parser.add_argument("--policies", default="random,round-robin,least-request,prefix,precise-prefix,oracle")
     parser.add_argument(
-        "--gateways", type=int, default=1, help="gateway replicas the requests alternate over"
+        "--gateways", type=positive(int), default=1, help="gateway replicas the requests alternate over"
     )
     parser.add_argument(
         "--max-in-flight",
-        type=int,
+        type=positive(int),
         default=MAX_IN_FLIGHT,
         help=f"the gateway's maxInFlight per replica ({MAX_IN_FLIGHT})",
     )
     parser.add_argument(
-        "--max-wait", type=float, default=MAX_WAIT_S, help=f"the gate's queue timeout, s ({MAX_WAIT_S:g})"
+        "--max-wait",
+        type=positive(float),
+        default=MAX_WAIT_S,
+        help=f"the gate's queue timeout, s ({MAX_WAIT_S:g})",
     )
-    parser.add_argument("--limit", type=int, default=None, help="only the first N requests (quick runs)")
-    parser.add_argument("--ttft-slo", type=float, default=TTFT_SLO_S, help="p90 TTFT bound in seconds (2)")
-    parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)))
+    parser.add_argument(
+        "--limit", type=positive(int), default=None, help="only the first N requests (quick runs)"
+    )
+    parser.add_argument(
+        "--ttft-slo", type=positive(float), default=TTFT_SLO_S, help="p90 TTFT bound in seconds (2)"
+    )
+    parser.add_argument("--jobs", type=positive(int), default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     parser.add_argument(
         "--rows", type=Path, nargs="*", default=[], help="summarise rows saved by earlier runs instead"
     )
     parser.add_argument("--plot", type=Path, help="write p90 TTFT against rate as a PNG here")
     args = parser.parse_args()
-    fleets, policies = args.fleets.split(","), args.policies.split(",")
+    fleets, policies, rates = args.fleets.split(","), args.policies.split(","), args.rates
     unknown = [f for f in fleets if f not in FLEETS]
     if unknown:
         parser.error(f"--fleets: unknown {unknown}; choose from {', '.join(FLEETS)}")
     known = {"oracle", *router_factories("")}
     if bad := [p for p in policies if p not in known]:
         parser.error(f"--policies: unknown {bad}; choose from {', '.join(sorted(known))}")
-    rates = [float(r) for r in args.rates.split(",")]
-    if args.max_in_flight < 1:
-        parser.error(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
-    if args.max_wait <= 0:
-        parser.error(f"--max-wait must be positive, got {args.max_wait}")
-    jobs = [
-        (f, p, r, args.limit, args.gateways, args.max_in_flight, args.max_wait)
-        for f in fleets
-        for p in policies
-        for r in rates
-    ]
-    rows = [row for path in args.rows for row in _saved_rows(path)]
-    if not args.rows:
+    if missing := [str(path) for path in args.rows if not path.is_file()]:
+        parser.error(f"--rows: no file at {', '.join(missing)}")
+    if args.rows:
+        saved = [row for path in args.rows for row in _saved_rows(path)]
+        rows = [r for r in saved if r["fleet"] in fleets and r["policy"] in policies and r["rate"] in rates]
+    else:
+        rows = []
+        jobs = [
+            (f, p, r, args.limit, args.gateways, args.max_in_flight, args.max_wait)
+            for f in fleets
+            for p in policies
+            for r in rates
+        ]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for row in pool.map(run_one, *zip(*jobs, strict=True)):
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and the rows if the run dies
-    if args.rows:
-        rows = [r for r in rows if r["fleet"] in fleets and r["policy"] in policies and r["rate"] in rates]
     ideal = ideal_hit_rate(select(read_trace(TRACE), limit=args.limit))
     print(
         f"# {date.today()} · {platform.machine()} · Python {platform.python_version()} · "

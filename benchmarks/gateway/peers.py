@@ -98,24 +98,25 @@ def launch_litellm(venv: Path, port: int, upstream: str, workdir: Path, args: ar
     return Launch([*argv, "--port", str(port)], {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}, LITELLM_KEY)
 
 
-def router_argv(port: int, upstream: str) -> list[str]:
-    """What sglang-router and vllm-router share: one worker, everything on 127.0.0.1."""
+def router_argv(port: int, urls: Sequence[str], policy: str | None = None) -> list[str]:
+    """What sglang-router and vllm-router share: the workers, a policy or theirs, all on 127.0.0.1."""
     metrics = ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
-    return ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", upstream, *metrics]
+    chosen = ["--policy", policy] if policy else []
+    return ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, *chosen, *metrics]
 
 
 def launch_sglang(venv: Path, port: int, upstream: str, workdir: Path, args: argparse.Namespace) -> Launch:
-    return Launch([str(venv / "bin" / "sglang-router"), "launch", *router_argv(port, upstream)])
+    return Launch([str(venv / "bin" / "sglang-router"), "launch", *router_argv(port, [upstream])])
 
 
 def launch_vllm(venv: Path, port: int, upstream: str, workdir: Path, args: argparse.Namespace) -> Launch:
-    return Launch([str(venv / "bin" / "vllm-router"), *router_argv(port, upstream)])
+    return Launch([str(venv / "bin" / "vllm-router"), *router_argv(port, [upstream])])
 
 
 def launch_vllm_rr(venv: Path, port: int, upstream: str, workdir: Path, args: argparse.Namespace) -> Launch:
     """vllm-router's default cache-aware policy asks the worker to render and tokenize every prompt."""
     return Launch(
-        [str(venv / "bin" / "vllm-router"), *router_argv(port, upstream), "--policy", "round_robin"]
+        [str(venv / "bin" / "vllm-router"), *router_argv(port, [upstream]), "--policy", "round_robin"]
     )
 
 
@@ -170,33 +171,23 @@ def fleet_computenet(policy: str) -> Callable[[Path, int, str, Sequence[Worker],
     return launch
 
 
-def fleet_router_argv(port: int, workers: Sequence[Worker], policy: str) -> list[str]:
-    """sglang-router's and vllm-router's shared flags: every worker, one policy, all on 127.0.0.1."""
-    metrics = ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
-    urls = [w.url for w in workers]
-    return ["--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls, "--policy", policy, *metrics]
-
-
 def fleet_sglang(policy: str) -> Callable[[Path, int, str, Sequence[Worker], Path], Launch]:
     def launch(venv: Path, port: int, model: str, workers: Sequence[Worker], workdir: Path) -> Launch:
-        return Launch(
-            [str(venv / "bin" / "sglang-router"), "launch", *fleet_router_argv(port, workers, policy)]
-        )
+        urls = [w.url for w in workers]
+        return Launch([str(venv / "bin" / "sglang-router"), "launch", *router_argv(port, urls, policy)])
 
     return launch
 
 
 def fleet_vllm(policy: str) -> Callable[[Path, int, str, Sequence[Worker], Path], Launch]:
     def launch(venv: Path, port: int, model: str, workers: Sequence[Worker], workdir: Path) -> Launch:
-        argv = [str(venv / "bin" / "vllm-router"), *fleet_router_argv(port, workers, policy)]
+        argv = [str(venv / "bin" / "vllm-router"), *router_argv(port, [w.url for w in workers], policy)]
         if policy == "kv_aware":  # its precise policy: the workers' KV events, vLLM's 16-token blocks
             for w in workers:
-                argv += ["--kv-event-source", f"{w.url}={w.kv_events}"] if w.kv_events else []
-                argv += (
-                    ["--kv-event-replay-source", f"{w.url}={w.kv_events_replay}"]
-                    if w.kv_events_replay
-                    else []
-                )
+                if w.kv_events:
+                    argv += ["--kv-event-source", f"{w.url}={w.kv_events}"]
+                if w.kv_events_replay:
+                    argv += ["--kv-event-replay-source", f"{w.url}={w.kv_events_replay}"]
             argv += ["--kv-event-model", model, "--kv-event-block-size", "16"]
         return Launch(argv)
 

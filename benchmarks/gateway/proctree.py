@@ -5,12 +5,20 @@ launched pid alone would miss most of the work. CPU time is the sum over every t
 `/proc/<pid>/task/<tid>/schedstat`'s first field (nanoseconds on CPU); `/proc/<pid>/stat`
 would do too but counts in 10 ms ticks, coarse next to a 0.2 ms request. Threads that exit
 between two samples take their time with them; the gateways measured here keep theirs.
+
+The benchmarks start every gateway, router and sim in its own session (`spawn`), so it
+leads a process group: stopping the group (`stop_group`) takes whatever it forked too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PROC = Path("/proc")
 
@@ -96,3 +104,40 @@ def tree_rss_mib(root: int) -> float:
 def tree_pss_mib(root: int) -> float:
     """Summed PSS: what the tree really holds when its workers share pages."""
     return sum(pss_kib(pid) for pid in tree(root)) / 1024
+
+
+def pinned(cpus: str | None, argv: Sequence[str]) -> list[str]:
+    """`argv` under `taskset -c cpus`, or as it is when `cpus` is empty."""
+    return ["taskset", "-c", cpus, *argv] if cpus else list(argv)
+
+
+def spawn(
+    argv: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` as the leader of a new process group, its output (both streams) into `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **env} if env else None,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
+def signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
+    """Signal the process group `proc` leads, if `proc` still runs."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+
+def stop_group(proc: subprocess.Popen[Any], grace_s: float) -> None:
+    """SIGTERM the group; SIGKILL it if its leader has not exited after `grace_s`."""
+    signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        signal_group(proc, signal.SIGKILL)
+        proc.wait(5)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from computenet.workloads import RequestResult, active_span_s, summarize
+from computenet.workloads import RequestResult, active_span_s, cached_hit_rate, summarize
 
 SCALED_KEYS = ("ttft_s", "tpot_s", "itl_s", "e2e_s")
 TARGET = 1.2  # the issue's: the best peer's p90 TTFT at least 1.2x precise-prefix's
@@ -51,7 +51,8 @@ def row(
         **_machine(before, after, wall_s, real["requests"]),
         "wall_s": round(wall_s, 1),
         "max_send_lag_ms": round(1000 * max((r.send_lag_s for r in results), default=0.0), 1),
-        "client_cached_hit_rate": _client_hit_rate(results),
+        # the same hit rate from the responses' `cached_tokens`: a cross-check of the sims' counters
+        "client_cached_hit_rate": cached_hit_rate(results),
         "real_time": {key: real[key] for key in (*SCALED_KEYS, "throughput_rps")},
     }
 
@@ -95,13 +96,6 @@ def _machine(before: Snapshot, after: Snapshot, wall_s: float, requests: int) ->
 
 def _times(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
-
-
-def _client_hit_rate(results: Sequence[RequestResult]) -> float | None:
-    """The same hit rate from the responses' `cached_tokens`: a cross-check of the sims' counters."""
-    reported = [r for r in results if r.ok and r.cached_tokens is not None and r.prompt_tokens]
-    prompt = sum(r.prompt_tokens for r in reported)
-    return sum(r.cached_tokens or 0 for r in reported) / prompt if prompt else None
 
 
 def compare(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:

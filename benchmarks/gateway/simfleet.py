@@ -15,9 +15,7 @@ benchmark reads from each:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .peers import Worker, free_port
+from .proctree import pinned, signal_group, spawn
 
 HEALTH_TIMEOUT_S = 60.0
 COUNTERS = (
@@ -67,11 +66,7 @@ class SimFleet:
                 f"tcp://127.0.0.1:{free_port()}",
                 f"tcp://127.0.0.1:{free_port()}",
             )
-            with (self.logdir / f"sim-{i}.log").open("wb") as log:
-                proc = subprocess.Popen(
-                    self.argv(worker), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            self.procs.append(proc)
+            self.procs.append(spawn(self.argv(worker), self.logdir / f"sim-{i}.log"))
             self.workers.append(worker)
         deadline = time.monotonic() + HEALTH_TIMEOUT_S
         for i, worker in enumerate(self.workers):
@@ -93,7 +88,7 @@ class SimFleet:
             "--kv-events-replay-endpoint",
             worker.kv_events_replay,
         ]
-        return ["taskset", "-c", spec.cpus, *argv] if spec.cpus else argv
+        return pinned(spec.cpus, argv)
 
     def counters(self) -> list[dict[str, float]]:
         """The counters of `COUNTERS`, one dictionary per replica."""
@@ -130,20 +125,14 @@ class SimFleet:
     def stop(self) -> None:
         """SIGTERM every replica's process group, SIGKILL what is left after 10 s."""
         for proc in self.procs:
-            _signal_group(proc, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for proc in self.procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait(5)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
 
 
 def _get(url: str) -> bytes:

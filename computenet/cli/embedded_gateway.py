@@ -10,6 +10,7 @@ spent this period, so a restart does not hand every tenant a fresh budget.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from computenet.gateway.limits import MemoryBudgetLedger, MemoryRateLimiter
 from computenet.gateway.limits.accounts import period_window
 from computenet.gateway.metering import UsageMeter
 from computenet.gateway.tracing import Tracer
-from computenet.store import ResourceStore
+from computenet.store import NotFound, ResourceStore
 
 from .gateway import declared_key
 
@@ -86,4 +87,6 @@ async def _write_status(
             log.error("gateway: %s", problem.message)
             kept = "; the gateway still serves its previous version" if problem.kept else ""
             ready = transition("Ready", False, "InvalidSpec", problem.message + kept, previous, now)
-        await store.update_status(resource.kind, resource.name, ConfigStatus(conditions=[ready]))
+        # Deleted since it was listed: its delete woke the follower, which applies again.
+        with contextlib.suppress(NotFound):
+            await store.update_status(resource.kind, resource.name, ConfigStatus(conditions=[ready]))

@@ -16,7 +16,6 @@ travel to them in an environment variable (uvicorn re-imports the app per worker
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ from computenet.gateway.limits import (
     RedisRateLimiter,
 )
 from computenet.gateway.metering import UsageMeter
+from computenet.gateway.routing.feeds import kv_events_available
 from computenet.gateway.routing.presets import PRESETS
 from computenet.gateway.tracing import Tracer
 from computenet.store import ResourceStore
@@ -196,7 +196,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--model and --upstream go together: the name clients use, and where it is served")
     if (args.kv_events or args.kv_events_replay) and not args.engine:
         raise ValueError("--kv-events needs --engine: the gateway hashes prompts as that engine does")
-    if args.kv_events and importlib.util.find_spec("zmq") is None:
+    if args.kv_events and not kv_events_available():
         raise ValueError("--kv-events needs the kv-events extra: pip install 'computenet[kv-events]'")
     if args.kv_events_replay and not args.kv_events:
         raise ValueError("--kv-events-replay needs --kv-events: replay recovers events missed on those")

@@ -67,7 +67,6 @@ class GatewayRouter:
         self._cache = _FleetCache()
         self.state = RoutingState(kv=self._cache, rng=random.Random(seed))
         self._replicas: dict[int, _Replica] = {}
-        self._sized = False
         self._prefilling: list[tuple[SimRequest, str, int]] = []  # charged prefill, no first token yet
 
     def choose(self, request: SimRequest, replicas: Sequence[ReplicaView]) -> int | None:
@@ -79,9 +78,8 @@ class GatewayRouter:
             text_blocks=blocks,
             engine_blocks={ENGINE: blocks},
         )
-        if self._sized is False and replicas:
+        if replicas:  # a fleet's replicas are alike: each index holds what one replica's cache can
             self.state.approx.capacity_blocks = replicas[0].kv_blocks
-            self._sized = True
         chosen = self.policy.pick(routing, candidates, self.state)
         if chosen is None:  # every replica filtered out: the gateway answers 503
             return None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from starlette.routing import Mount
 from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, Pool, load_file
 from computenet.control import Reconciler, create_control_app
 from computenet.gateway import Gateway, GatewayApp
+from computenet.gateway.routing.feeds import kv_events_available
 from computenet.pools import LocalPool
 from computenet.store import NotFound, ResourceStore, SchemaTooNew, sqlite_url
 
@@ -132,7 +132,7 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
 
 def _kv_events_installed() -> bool:
     """Whether replicas can publish KV events here (and the gateway subscribe): the `kv-events` extra."""
-    found = all(importlib.util.find_spec(name) is not None for name in ("zmq", "msgpack"))
+    found = kv_events_available()
     if not found:
         log.info(
             "pyzmq or msgpack is not installed: replicas start without KV events, and precise prefix "

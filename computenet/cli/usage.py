@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from computenet.store import ResourceStore
+from computenet.store import ResourceStore, SchemaTooNew
 
 from .client import CliError, ControlClient
 from .output import COLUMNS, Row, table
@@ -72,17 +72,16 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
 def cmd_usage(client: ControlClient, args: argparse.Namespace) -> None:
     now = time.time()
-    params = {"tenant": args.tenant}
-    for flag in ("since", "until"):
-        text = getattr(args, flag)
-        if text is not None:
-            params[flag] = str(when(f"--{flag}", text, now=now, future=False))
+    since, until = (
+        None if text is None else when(f"--{flag}", text, now=now, future=False)
+        for flag, text in (("since", args.since), ("until", args.until))
+    )
     if args.usage_db:
-        since, until = (float(params[k]) if params.get(k) else None for k in ("since", "until"))
         items = asyncio.run(_read_db(_usage_db(args.usage_db), args.tenant, since, until))
     else:
-        query = {k: v for k, v in params.items() if v is not None}
-        items = client.json("GET", "/usage", params=query)["items"]
+        query = {"tenant": args.tenant, "since": since, "until": until}
+        params = {k: str(v) for k, v in query.items() if v is not None}
+        items = client.json("GET", "/usage", params=params)["items"]
     print(render_usage(items, args.output))
 
 
@@ -115,7 +114,7 @@ async def _read_db(url: str, tenant: str | None, since: float | None, until: flo
             f"error: --usage-db: the database driver {exc.name} is not installed; pip install it",
             exit_code=2,
         ) from None
-    except (OSError, ValueError, SQLAlchemyError) as exc:
+    except (OSError, ValueError, SQLAlchemyError, SchemaTooNew) as exc:
         bad_url = isinstance(exc, ArgumentError)  # e.g. an unknown driver: the user's input, exit 2
         message = f"error: --usage-db: cannot read {url}: {exc}".splitlines()[0]
         raise CliError(message, exit_code=2 if bad_url else 1) from None

@@ -11,6 +11,7 @@ events opens no ZMQ socket, imports no ZMQ, and hashes no prompt for precise rou
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from .kv_index import KVBlockIndex
 
 log = logging.getLogger(__name__)
+
+
+def kv_events_available() -> bool:
+    """Whether the `kv-events` extra (pyzmq, msgpack) is installed, found without importing it."""
+    return all(importlib.util.find_spec(name) is not None for name in ("zmq", "msgpack"))
 
 
 class SignalFeeds:

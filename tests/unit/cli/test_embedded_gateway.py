@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from computenet.api import Route, load_text
+from computenet.api import AnyResource, Route, load_text
 from computenet.cli.embedded_gateway import follow_gateway_config
 from computenet.cli.output import render
 from computenet.gateway import Gateway
@@ -115,6 +115,24 @@ async def test_a_provider_whose_key_is_missing_is_not_ready_and_its_routes_say_w
         assert "environment variable TEST_EMBEDDED_PROVIDER_KEY is not set; export it" in provider["message"]
         routed = await ready(store, "Route", "chat", "InvalidSpec")
         assert "Provider 'hosted' cannot be used; see its status" in routed["message"]
+
+
+async def test_a_route_deleted_while_the_gateway_applies_does_not_stop_it_following(
+    store: ResourceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete between listing the Routes and writing their status must not end the follower."""
+    monkeypatch.setenv("TEST_EMBEDDED_PROVIDER_KEY", "sk-test")
+    (ghost,) = load_text(route("gpt-test").replace("name: chat", "name: ghost"))
+    listed = store.list
+
+    async def with_ghost(kind: str) -> list[AnyResource]:
+        found = await listed(kind)
+        return [*found, ghost] if kind == "Route" else found
+
+    monkeypatch.setattr(store, "list", with_ghost)
+    async with following(store):
+        await apply(store, PROVIDER + "---" + route("gpt-test"))
+        await ready(store, "Route", "chat", "Accepted")
 
 
 def test_every_gateway_kind_prints_as_a_table() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 
 import httpx
 import pytest
@@ -96,8 +95,7 @@ def test_flags_that_do_not_fit_together_exit_2_naming_the_flag(
 def test_kv_events_without_the_extra_installed_say_what_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "zmq" else find_spec(name))
+    monkeypatch.setattr("computenet.cli.gateway.kv_events_available", lambda: False)
     with pytest.raises(SystemExit) as exited:
         flags = ["--engine", "sim", "--kv-events", "tcp://127.0.0.1:1"]
         main(["gateway", "--model", "m", "--upstream", "http://127.0.0.1:9", *flags])

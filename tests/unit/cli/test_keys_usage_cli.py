@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -173,6 +174,18 @@ async def test_usage_reads_a_standalone_gateways_database_without_a_server(
     assert await _exit_code_in_thread(argv) == 0
     (only,) = json.loads(capsys.readouterr().out)
     assert (only["tenant"], only["requests"], only["costUsd"]) == ("acme", 1, 0.5)
+
+
+async def test_a_usage_db_from_a_newer_computenet_is_an_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "usage.db"
+    await (await ResourceStore.open(f"sqlite+aiosqlite:///{path}")).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE computenet_schema SET version = 999")
+    assert await asyncio.to_thread(_exit_code, ["usage", "--usage-db", f"sqlite+aiosqlite:///{path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --usage-db: ") and "schema version 999" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
