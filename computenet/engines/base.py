@@ -26,7 +26,7 @@ class LaunchSpec:
     gpus: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EngineLoad:
     """A replica's live load, read from its /metrics; the routing and autoscaling signals.
 

@@ -71,8 +71,10 @@ class RoutingRequest:
     # one was charged, which the forwarder gives back at the first token
     cached_blocks: tuple[Sequence[str], list[int], int] | None = None
     prefill_tokens: int = 0
-    # the prefix indexes' answers for this prompt, kept for one pick (see `RoutingState.kv_held`)
+    # the prefix indexes' answers for this prompt, kept for one pick (see `RoutingState.kv_held`),
+    # and the KV answer as one depth per candidate of the pick's snapshot (`RoutingState.kv_depths`)
     kv_matches: dict[str, Held] = field(default_factory=dict)  # per engine name
+    kv_depths: Depths | None = None
     text_match: Held | None = None
 
     def prompt_blocks(self) -> Sequence[Hashable]:
@@ -81,9 +83,14 @@ class RoutingRequest:
         return self.text_blocks
 
 
+_ROSTERS = 256  # candidate sets remembered (`RoutingState.roster`)
+
 Held = tuple[dict[str, int], int]
 """How many leading blocks of a prompt each replica holds (replicas with none left out), and the
 prompt's length in those blocks."""
+Depths = tuple[list[int], int]
+"""How many leading blocks of a prompt each candidate of a snapshot holds, in its order (empty when
+none holds any), and the prompt's length in blocks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,19 @@ class RoutingState:
     kv: PrefixMatcher | None = None  # None until a replica publishes KV events: precise scoring abstains
     hasher: EngineHasher | None = None
     rng: random.Random = field(default_factory=random.Random)
+    _rosters: dict[int, Roster] = field(default_factory=dict, repr=False)
+
+    def roster(self, candidates: Sequence[R]) -> Roster:
+        """`Roster.of(candidates)`, remembered while `candidates` is a tuple (immutable, and kept
+        alive by the memo, so its id cannot be reused for another one)."""
+        if type(candidates) is not tuple:
+            return Roster.of(candidates)
+        found = self._rosters.get(id(candidates))
+        if found is None or found.candidates is not candidates:
+            if len(self._rosters) >= _ROSTERS:  # routes' upstream tuples change on every registry update
+                self._rosters.clear()
+            found = self._rosters[id(candidates)] = Roster.of(candidates)
+        return found
 
     def kv_held(self, request: RoutingRequest, engine: str) -> Held:
         """The prompt's leading KV blocks (hashed as `engine` hashes them) each replica's engine
@@ -127,6 +147,15 @@ class RoutingState:
         found = request.kv_matches.get(engine)
         if found is None:
             found = request.kv_matches[engine] = self._kv_held(request, engine)
+        return found
+
+    def kv_depths(self, request: RoutingRequest, snap: Snapshot, engine: str) -> Depths:
+        """`kv_held` as one depth per candidate of `snap`, worked out once per pick: precise-prefix
+        and prefill-load both read it, and naming 64 replicas is a tenth of a decision."""
+        found = request.kv_depths
+        if found is None:
+            held, total = self.kv_held(request, engine)
+            found = request.kv_depths = (list(map(held.get, snap.replicas, repeat(0))) if held else [], total)
         return found
 
     def _kv_held(self, request: RoutingRequest, engine: str) -> Held:
@@ -155,12 +184,33 @@ class RoutingState:
         return request.text_match
 
 
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """What a set of candidates says of itself: replica keys, and the engine every one runs (None
+    when they differ). Fixed for as long as the set lives, so worked out once per set, not per pick
+    (`RoutingState.roster`): the forwarder hands every request the same tuple of a route's upstreams."""
+
+    candidates: Sequence[Routable]
+    replicas: tuple[str, ...]
+    kind: str | None
+
+    @classmethod
+    def of(cls, candidates: Sequence[Routable]) -> Roster:
+        return cls(candidates, tuple(map(attrgetter("replica"), candidates)), _one_engine(candidates))
+
+
+def _one_engine(candidates: Sequence[Routable]) -> str | None:
+    """The engine every candidate runs; None when they differ."""
+    kinds = set(map(attrgetter("engine"), candidates))
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 @dataclass(slots=True)
 class Snapshot:
     """The candidates that passed the filters, and their signals read once for every scorer."""
 
     candidates: Sequence[Routable]
-    replicas: list[str]
+    replicas: Sequence[str]
     in_flight: list[int]  # this gateway's requests in flight
     engines: list[EngineLoad | None]  # fresh scrapes; None when stale or never scraped
     signals: list[EndpointSignals | None]  # the board's live entries (read only); None never seen
@@ -171,14 +221,18 @@ class Snapshot:
         """The engine every candidate runs (prompts are hashed per engine), None when they differ;
         worked out once per pick for every scorer that asks."""
         if not self._kind_known:
-            kinds = set(map(attrgetter("engine"), self.candidates))
-            self._kind, self._kind_known = (kinds.pop() if len(kinds) == 1 else None), True
+            self._kind, self._kind_known = _one_engine(self.candidates), True
         return self._kind
 
     @classmethod
-    def of(cls, candidates: Sequence[Routable], board: SignalBoard) -> Snapshot:
-        replicas = [c.replica for c in candidates]
-        return cls(candidates, replicas, *board.read(replicas))
+    def of(cls, candidates: Sequence[Routable], board: SignalBoard, roster: Roster | None = None) -> Snapshot:
+        """The candidates' signals as the board has them now (`roster`: what they say of themselves,
+        when already known)."""
+        if roster is None:
+            roster = Roster.of(candidates)
+        snap = cls(candidates, roster.replicas, *board.read(roster.replicas))
+        snap._kind, snap._kind_known = roster.kind, True
+        return snap
 
     def keep(self, keep: Sequence[bool]) -> Snapshot:
         """The candidates where `keep` is true (a filter's answer)."""
@@ -261,8 +315,8 @@ class Pipeline:
             if not self.scorers:
                 return candidates[self.picker.pick([0.0] * len(candidates), state.rng)]
         request.kv_matches.clear()  # a retry's pick sees the indexes as they are now
-        request.text_match = None
-        snap = Snapshot.of(candidates, state.board)
+        request.kv_depths = request.text_match = None
+        snap = Snapshot.of(candidates, state.board, state.roster(candidates))
         for gate in self.filters:
             snap = snap.keep(gate.keep(request, snap, state))
             if not snap.candidates:

@@ -13,7 +13,7 @@ remembers, and each gateway replica only knows its own traffic.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from .kv_index import KVBlockIndex
@@ -65,13 +65,16 @@ class ApproxPrefixIndex:
         self._lru: dict[str, OrderedDict[Hashable, None]] = {}
         self._index = KVBlockIndex()
 
-    def record(self, replica: str, blocks: Iterable[Hashable]) -> None:
+    def record(self, replica: str, blocks: Sequence[Hashable]) -> None:
         """`replica` was sent a prompt with these blocks: it now (probably) caches them."""
         lru = self._lru.get(replica)
         if lru is None:
             lru = self._lru[replica] = OrderedDict()
         new: list[Hashable] = []
-        for block in blocks:
+        # Tail first, so a prompt's head is its most recently used block and trimming takes the
+        # tail: a head block gone would leave the blocks after it unreachable (a match stops at
+        # the first block missing), as an engine evicting leaves of its prefix tree knows.
+        for block in reversed(blocks):
             if block in lru:
                 lru.move_to_end(block)
             else:

@@ -102,7 +102,11 @@ class PrecisePrefix(_Stateless):
             return []  # no KV events: no opinion
         kind = snap.engine_kind()
         if kind is not None:  # the usual case: one deployment, one engine
-            return _shares(*state.kv_held(request, kind), snap.replicas)
+            depths, total = state.kv_depths(request, snap, kind)
+            if not depths:
+                return []  # no replica holds any of it: no opinion
+            scale = 1.0 / total
+            return [depth * scale for depth in depths]
         scores: list[float] = []  # mixed engines: each candidate against its engine's hashes
         for c in snap.candidates:
             held, total = state.kv_held(request, c.engine)
@@ -117,14 +121,19 @@ class LoraAffinity(_Stateless):
     name = "lora"
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
-        scores = []
-        for engine in snap.engines:
-            if engine is None or not engine.max_lora:
-                scores.append(NEUTRAL)
-            elif request.model in engine.lora_adapters:
-                scores.append(1.0)
-            else:
-                scores.append(NEUTRAL if len(engine.lora_adapters) < engine.max_lora else 0.0)
+        model = request.model
+        if not state.board.lora_matters(model):
+            return []  # no replica runs it and every one has a slot free: all would score the same
+        scores = [
+            NEUTRAL
+            if e is None or not e.max_lora
+            else 1.0
+            if model in e.lora_adapters
+            else NEUTRAL
+            if len(e.lora_adapters) < e.max_lora
+            else 0.0
+            for e in snap.engines
+        ]
         return [] if scores.count(NEUTRAL) == len(scores) else scores  # all neutral: no opinion
 
 
@@ -135,9 +144,11 @@ class SessionAffinity:
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         pinned = state.sessions.get(request.session) if request.session else None
-        if pinned is None:
-            return []  # no conversation to follow: no opinion
-        return [1.0 if r == pinned else 0.0 for r in snap.replicas]
+        if pinned is None or pinned not in snap.replicas:
+            return []  # no conversation to follow (or its replica is not a candidate): no opinion
+        scores = [0.0] * len(snap.replicas)
+        scores[snap.replicas.index(pinned)] = 1.0
+        return scores
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
         if request.session:
@@ -188,22 +199,21 @@ class PrefillLoad:
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         cached, blocks = self._cached_blocks(request, snap, state)
         request.cached_blocks = (snap.replicas, cached, blocks)
-        tokens = blocks * TOKENS_PER_BLOCK
-        typical = self.typical_tokens or tokens  # no history: priced like this one
+        typical = self.typical_tokens or blocks * TOKENS_PER_BLOCK  # no history: priced like this one
+        per_block = TOKENS_PER_BLOCK
         # One comprehension over what the snapshot read once, rather than a loop that asks the
-        # board for each endpoint: this scorer runs on every request. Per endpoint: the uncached
-        # part of this prompt, the prefill this gateway charged it, and the engine's waiting
-        # requests this gateway did not send (`e.waiting - own.prefilling`) at the typical size.
+        # board for each endpoint: this scorer runs on every request. Per endpoint: the prefill
+        # this gateway charged it, the engine's waiting requests this gateway did not send
+        # (`e.waiting - own.prefilling`) at the typical size, less the part of this prompt it
+        # holds (the prompt's own length is the same everywhere, so it is left out). An endpoint
+        # the board has never seen (`own` None) has never been scraped either (`e` None).
         return _lower_is_better(
             [
-                tokens
-                - TOKENS_PER_BLOCK * depth
-                + (0 if own is None else own.prefill_tokens)
-                + (
-                    n * typical
-                    if (n := (0 if e is None else e.waiting) - (0 if own is None else own.prefilling)) > 0
-                    else 0.0
-                )
+                -per_block * depth
+                if own is None
+                else own.prefill_tokens
+                - per_block * depth
+                + (n * typical if e is not None and (n := e.waiting - own.prefilling) > 0 else 0.0)
                 for depth, own, e in zip(cached, snap.signals, snap.engines, strict=True)
             ]
         )
@@ -213,9 +223,11 @@ class PrefillLoad:
         """Leading blocks each candidate holds (never more than the prompt's), and the prompt's
         length in blocks."""
         kind = snap.engine_kind()
-        held, blocks = state.kv_held(request, kind) if kind is not None else ({}, 0)
-        if not blocks:
-            held, blocks = state.text_held(request)
+        if kind is not None:
+            depths, blocks = state.kv_depths(request, snap, kind)
+            if blocks:
+                return depths or [0] * len(snap.replicas), blocks
+        held, blocks = state.text_held(request)
         return list(map(held.get, snap.replicas, repeat(0))), blocks
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:

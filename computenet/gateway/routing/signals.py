@@ -11,6 +11,7 @@ gateway's own counts rather than trust a replica that stopped answering.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,10 @@ class SignalBoard:
     clock: Callable[[], float] = time.monotonic
     stale_after_s: float = STALE_AFTER_S
     _signals: dict[str, EndpointSignals] = field(default_factory=dict)
+    # over every endpoint's last scrape: replicas running each LoRA adapter, and replicas with
+    # every adapter slot taken (see `lora_matters`)
+    _adapters: Counter[str] = field(default_factory=Counter)
+    _lora_full: int = 0
 
     def of(self, replica: str) -> EndpointSignals:
         found = self._signals.get(replica)
@@ -71,7 +76,25 @@ class SignalBoard:
 
     def record_scrape(self, replica: str, load: EngineLoad) -> None:
         signals = self.of(replica)
+        if signals.engine is not None:
+            self._count_lora(signals.engine, -1)
+        self._count_lora(load, 1)
         signals.engine, signals.scraped_at, signals.scrape_errors = load, self.clock(), 0
+
+    def lora_matters(self, model: str) -> bool:
+        """Whether LoRA affinity could tell endpoints apart for `model`: some replica runs it as an
+        adapter, or some replica has no adapter slot free. Counted as scrapes arrive, so a fleet
+        where neither holds (nearly every request) is told in one lookup, not a pass over 64."""
+        return self._lora_full > 0 or self._adapters[model] > 0
+
+    def _count_lora(self, load: EngineLoad, sign: int) -> None:
+        if load.lora_adapters:
+            for name in load.lora_adapters:
+                self._adapters[name] += sign
+                if not self._adapters[name]:
+                    del self._adapters[name]
+        if load.max_lora and len(load.lora_adapters) >= load.max_lora:
+            self._lora_full += sign
 
     def record_scrape_error(self, replica: str) -> None:
         signals = self.of(replica)
@@ -108,4 +131,6 @@ class SignalBoard:
     def forget(self, keep: set[str]) -> None:
         """Drop endpoints that are gone (with nothing in flight), so the board does not grow forever."""
         for replica in [r for r, s in self._signals.items() if r not in keep and s.in_flight == 0]:
-            del self._signals[replica]
+            gone = self._signals.pop(replica)
+            if gone.engine is not None:
+                self._count_lora(gone.engine, -1)

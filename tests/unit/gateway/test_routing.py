@@ -199,6 +199,41 @@ def test_lora_affinity_prefers_the_adapter_that_is_loaded_then_a_free_slot() -> 
     assert {route(policy, state, other) for _ in range(20)} == {"b", "c"}  # a and d have no free slot
 
 
+def test_lora_affinity_follows_adapters_as_they_come_and_go() -> None:
+    """The board counts adapters and full replicas as scrapes replace each other, so a fleet with
+    no adapter running and free slots everywhere is told apart without scoring each replica, and
+    an adapter that is unloaded (or a replica that is forgotten) stops drawing requests."""
+    state = RoutingState(rng=random.Random(1))
+    policy = {"scorers": [{"name": "lora"}, {"name": "least-request", "weight": 0.1}]}
+    for replica in "abcd":
+        scrape(state, replica, max_lora=2)  # type: ignore[arg-type]
+    state.board.acquire("a")
+    assert {route(policy, state, req()) for _ in range(10)} == {"b", "c", "d"}  # LoRA says nothing
+    scrape(state, "a", max_lora=2, lora_adapters=frozenset({"m"}))  # type: ignore[arg-type]
+    assert {route(policy, state, req()) for _ in range(10)} == {"a"} and state.board.lora_matters("m")
+    scrape(state, "a", max_lora=2)  # type: ignore[arg-type]  # unloaded again
+    assert {route(policy, state, req()) for _ in range(10)} == {"b", "c", "d"}
+    assert not state.board.lora_matters("m")
+    scrape(state, "d", max_lora=1, lora_adapters=frozenset({"z"}))  # type: ignore[arg-type]  # d is full
+    assert {route(policy, state, req()) for _ in range(10)} == {"b", "c"}
+    state.board.forget({"a", "b", "c"})
+    assert {route(policy, state, req(), eps=EPS[:3]) for _ in range(10)} == {"b", "c"}
+    assert state.board.lora_matters("m") is False  # d's full slots left with d
+
+
+def test_a_candidate_tuple_is_read_once_and_a_new_one_afresh() -> None:
+    """The forwarder hands every request the same tuple of a route's upstreams: its replica keys and
+    engine are worked out once. A new tuple (the registry changed) is read afresh."""
+    state = RoutingState()
+    sims = (Ep("a"), Ep("b"))
+    assert state.roster(sims) is state.roster(sims) and state.roster(sims).kind == "sim"
+    mixed = (Ep("a"), Ep("c", engine="vllm"))
+    assert state.roster(mixed).kind is None and state.roster(mixed).replicas == ("a", "c")
+    assert state.roster(list(sims)) is not state.roster(list(sims))  # a list may change: never kept
+    snap = Snapshot.of(mixed, state.board, state.roster(mixed))
+    assert snap.engine_kind() is None and snap.keep([True, False]).engine_kind() == "sim"
+
+
 LONG = [{"role": "system", "content": "You are a careful assistant. " * 40}, {"role": "user", "content": "q"}]
 
 
@@ -212,12 +247,20 @@ def test_approximate_prefix_follows_the_prompts_this_gateway_sent() -> None:
 def test_approximate_index_forgets_the_least_recently_used_blocks() -> None:
     index = ApproxPrefixIndex(capacity_blocks=4)
     index.record("a", [1, 2, 3])
-    index.record("a", [1, 9, 10])  # 1 is used again, 2 is now the oldest
-    assert index.blocks("a") == 4 and index.match([1, 2, 3]) == {"a": 1}
+    index.record("a", [1, 9, 10])  # 1 is used again; 3, the tail of the older prompt, is now the oldest
+    assert index.blocks("a") == 4 and index.match([1, 2, 3]) == {"a": 2}
     index.record("b", [1, 2])
-    assert index.match([1, 2, 3]) == {"a": 1, "b": 2}
+    assert index.match([1, 2, 3]) == {"a": 2, "b": 2}
     index.forget("a")
     assert index.match([1, 9]) == {"b": 1}
+
+
+def test_approximate_index_trims_a_prompt_from_its_tail() -> None:
+    """A prompt longer than the budget keeps its head: trimming its first block instead would leave
+    every block after it unmatched (a match stops at the first block missing)."""
+    index = ApproxPrefixIndex(capacity_blocks=4)
+    index.record("a", [1, 2, 3, 4, 5, 6])
+    assert index.blocks("a") == 4 and index.match([1, 2, 3, 4, 5, 6]) == {"a": 4}
 
 
 def test_text_blocks_share_a_prefix_exactly_when_the_prompts_do() -> None:
