@@ -149,12 +149,14 @@ class RoutingState:
             found = request.kv_matches[engine] = self._kv_held(request, engine)
         return found
 
-    def kv_depths(self, request: RoutingRequest, snap: Snapshot, engine: str) -> Depths:
+    def kv_depths(self, request: RoutingRequest, snap: Snapshot) -> Depths:
         """`kv_held` as one depth per candidate of `snap`, worked out once per pick: precise-prefix
-        and prefill-load both read it, and naming 64 replicas is a tenth of a decision."""
+        and prefill-load both read it, and naming 64 replicas is a tenth of a decision. Nothing
+        when the candidates run different engines (their hashes differ: ask `kv_held` per engine)."""
         found = request.kv_depths
         if found is None:
-            held, total = self.kv_held(request, engine)
+            kind = snap.engine_kind()
+            held, total = self.kv_held(request, kind) if kind is not None else ({}, 0)
             found = request.kv_depths = (list(map(held.get, snap.replicas, repeat(0))) if held else [], total)
         return found
 

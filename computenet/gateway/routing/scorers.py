@@ -67,13 +67,13 @@ class KVUsage(_Stateless):
         return [1.0 - e.kv_cache_usage if e is not None else NEUTRAL for e in snap.engines]
 
 
-def _shares(held: dict[str, int], total: int, replicas: Sequence[str]) -> list[float]:
-    """Each replica's share of the `total` leading blocks it holds (`RoutingState.kv_held`); no
-    opinion when no replica holds any."""
-    if not held:
+def _shares(depths: Sequence[int], total: int) -> list[float]:
+    """Each candidate's share of the `total` leading blocks it holds; no opinion when none holds any
+    (`depths` empty, see `RoutingState.kv_depths`)."""
+    if not depths:
         return []
     scale = 1.0 / total
-    return [depth * scale for depth in map(held.get, replicas, repeat(0))]
+    return [depth * scale for depth in depths]
 
 
 class ApproxPrefix:
@@ -82,7 +82,8 @@ class ApproxPrefix:
     name = "prefix"
 
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
-        return _shares(*state.text_held(request), snap.replicas)
+        held, total = state.text_held(request)
+        return _shares(list(map(held.get, snap.replicas, repeat(0))) if held else [], total)
 
     def routed(self, request: RoutingRequest, chosen: Routable, state: RoutingState) -> None:
         state.approx.record(chosen.replica, request.prompt_blocks())
@@ -100,13 +101,8 @@ class PrecisePrefix(_Stateless):
     def score(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[float]:
         if state.kv is None:
             return []  # no KV events: no opinion
-        kind = snap.engine_kind()
-        if kind is not None:  # the usual case: one deployment, one engine
-            depths, total = state.kv_depths(request, snap, kind)
-            if not depths:
-                return []  # no replica holds any of it: no opinion
-            scale = 1.0 / total
-            return [depth * scale for depth in depths]
+        if snap.engine_kind() is not None:  # the usual case: one deployment, one engine
+            return _shares(*state.kv_depths(request, snap))
         scores: list[float] = []  # mixed engines: each candidate against its engine's hashes
         for c in snap.candidates:
             held, total = state.kv_held(request, c.engine)
@@ -222,11 +218,9 @@ class PrefillLoad:
     def _cached_blocks(request: RoutingRequest, snap: Snapshot, state: RoutingState) -> tuple[list[int], int]:
         """Leading blocks each candidate holds (never more than the prompt's), and the prompt's
         length in blocks."""
-        kind = snap.engine_kind()
-        if kind is not None:
-            depths, blocks = state.kv_depths(request, snap, kind)
-            if blocks:
-                return depths or [0] * len(snap.replicas), blocks
+        depths, blocks = state.kv_depths(request, snap)
+        if blocks:
+            return depths or [0] * len(snap.replicas), blocks
         held, blocks = state.text_held(request)
         return list(map(held.get, snap.replicas, repeat(0))), blocks
 
