@@ -31,7 +31,9 @@ from .registry import Published, Upstream
 from .resilience import Breakers, backoff_delay, parse_retry_after
 from .routes import Backend, RoutePlan, RouteTable
 from .routing.disagg import PairPolicy, pair_policy
+from .routing.hashers import TOKENIZED_BY_ENGINE
 from .routing.pipeline import RoutingPolicy, RoutingRequest, RoutingState
+from .tokenize import EngineTokenizer
 from .upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,7 @@ class Forwarder:
         self.breakers = breakers
         self._rng = rng or random.Random()
         self._prefill = PrefillStage(pool, state, breakers, metrics)
+        self.tokenizer = EngineTokenizer(pool, metrics)
         self._pairs: dict[str, tuple[PolicySpec | str, PairPolicy]] = {}  # by deployment, with its policy
 
     async def forward(self, ex: Exchange, plan: RoutePlan, send: Send) -> None:
@@ -149,6 +152,10 @@ class Forwarder:
         for backend in backends:
             pair = self._paired(backend)
             body: bytes | None = None  # a disaggregated request's decode leg, once its prefill leg ran
+            if pair is not None:
+                await self._tokenize(ex.routing, backend, pair.policy.prefill, pair.prefillers)
+            else:
+                await self._tokenize(ex.routing, backend, policy, self.table.candidates(backend))
             while ex.attempts < budget:
                 candidates = pair.decoders if pair is not None else self.table.candidates(backend)
                 if pair is not None and body is None and any(u.replica not in tried for u in candidates):
@@ -181,6 +188,27 @@ class Forwarder:
                 if backend.upstream is not None:  # a provider model is one upstream: on to the next backend
                     break
         await self._give_up(ex, send, errors, all_429 and bool(retry_afters or errors), retry_afters)
+
+    async def _tokenize(
+        self,
+        request: RoutingRequest,
+        backend: Backend,
+        policy: RoutingPolicy,
+        candidates: tuple[Upstream, ...],
+    ) -> None:
+        """Ask the engine for the prompt's token ids when precise routing needs them and has a
+        choice to make (see tokenize.py); for the sim, and without KV events, nothing to do."""
+        if (
+            request.token_ids is not None
+            or self.state.kv is None
+            or len(candidates) < 2
+            or candidates[0].engine not in TOKENIZED_BY_ENGINE
+            or not policy.reads_kv
+            or not any(u.kv_events for u in candidates)
+        ):
+            return
+        request.adapter = request.model if self.state.board.serves_adapter(request.model) else None
+        await self.tokenizer.fill(request, candidates, backend.label)
 
     def endpoints_of(self, backend: Backend) -> int:
         """Replicas that answer requests for `backend` (a disaggregated deployment: its decode replicas)."""

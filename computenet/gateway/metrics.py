@@ -89,7 +89,15 @@ class GatewayMetrics:
             ["backend", "outcome"],
             registry=r,
         )
+        self.tokenize = Counter(
+            "computenet_gateway_engine_tokenize",
+            "Prompts a replica's engine tokenized for precise prefix routing (vLLM's /tokenize), "
+            "by outcome (ok, error: routed on load alone).",
+            ["backend", "outcome"],
+            registry=r,
+        )
         self._series: dict[tuple[str, str, str, str], _Series] = {}
+        self._tokenize: dict[tuple[str, str], Any] = {}
         self._itl: dict[tuple[str, str], Any] = {}
         self._errors: dict[tuple[str, str], Any] = {}
         self._attempts: dict[tuple[str, str], Any] = {}
@@ -106,6 +114,9 @@ class GatewayMetrics:
 
     def attempt(self, backend: str, outcome: str) -> None:
         _child(self._attempts, self.attempts, (backend, outcome)).inc()
+
+    def tokenized(self, backend: str, outcome: str) -> None:
+        _child(self._tokenize, self.tokenize, (backend, outcome)).inc()
 
     def inter_token(self, model: str, backend: str, seconds: float) -> None:
         _child(self._itl, self.itl, (model, backend)).observe(seconds)
@@ -169,6 +180,12 @@ _KV_EVENT_COUNTERS = (
         "an engine restart, an unreadable batch.",
     ),
     ("kv_event_decode_errors", "decode_errors", "KV-event messages or batches that could not be read."),
+    (
+        "kv_event_unkeyed_blocks",
+        "unkeyed_blocks",
+        "Stored blocks of a vLLM replica that could not be keyed by their token ids (a block size "
+        "not a multiple of 16, or a parent never seen): precise-prefix cannot match them.",
+    ),
 )
 
 

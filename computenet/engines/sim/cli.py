@@ -19,7 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
-from .config import SimConfig
+from .config import KV_EVENT_HASHES, SimConfig
 from .engine import build_core
 from .server import create_app
 from .transfer import KVTransferConfig
@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind vLLM's replay ROUTER socket here: subscribers fetch the batches they missed",
     )
     add(
+        "--kv-events-hashes",
+        choices=KV_EVENT_HASHES,
+        default=defaults.kv_events_hashes,
+        help="block hashes in KV events: the sim's own chain, which a router can compute from the "
+        "prompt (default), or per-process seeded SHA-256 digests that it cannot, as vLLM's",
+    )
+    add(
         "--kv-transfer-config",
         type=_kv_transfer_config,
         default=None,
@@ -154,6 +161,7 @@ def _sim_config(args: argparse.Namespace) -> SimConfig:
         catalog=tuple(args.catalog),
         kv_events_endpoint=args.kv_events_endpoint,
         kv_events_replay_endpoint=args.kv_events_replay_endpoint,
+        kv_events_hashes=str(args.kv_events_hashes),
         time_scale=float(args.time_scale),
         kv_transfer=args.kv_transfer_config,
         kv_link_gbps=float(args.kv_link_gbps),

@@ -15,6 +15,8 @@ from .core import CoreConfig
 from .kvcache import BLOCK_SIZE
 from .transfer import DEFAULT_KV_LINK_GBPS, KVTransferConfig
 
+KV_EVENT_HASHES = ("chain", "sha256")  # how KV events carry block hashes (kv_events.py)
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -35,6 +37,7 @@ class SimConfig:
     catalog: tuple[Path, ...] = ()  # extra catalogue files layered over the built-in one
     kv_events_endpoint: str | None = None  # ZMQ PUB address for vLLM-style KV events; None: off
     kv_events_replay_endpoint: str | None = None  # ZMQ ROUTER address serving missed batches (vLLM's)
+    kv_events_hashes: str = "chain"  # "sha256": opaque per-process digests, as vLLM's (kv_events.py)
     time_scale: float = 1.0  # simulated step durations are divided by this (inf: no waiting at all)
     kv_transfer: KVTransferConfig | None = None  # vLLM's --kv-transfer-config: a prefill/decode side
     kv_link_gbps: float = DEFAULT_KV_LINK_GBPS  # per-GPU link a decode replica pulls KV over, 1e9 bytes/s
@@ -56,6 +59,11 @@ class SimConfig:
             )
         if self.kv_events_replay_endpoint is not None and self.kv_events_endpoint is None:
             raise ValueError("SimConfig.kv_events_replay_endpoint needs kv_events_endpoint")
+        if self.kv_events_hashes not in KV_EVENT_HASHES:
+            raise ValueError(
+                f"SimConfig.kv_events_hashes (--kv-events-hashes) must be one of "
+                f"{', '.join(KV_EVENT_HASHES)}, got {self.kv_events_hashes!r}"
+            )
         if math.isnan(self.time_scale) or self.time_scale <= 0:
             raise ValueError(f"SimConfig.time_scale must be positive, got {self.time_scale}")
         if not 0 < self.kv_link_gbps < math.inf:  # also refuses nan

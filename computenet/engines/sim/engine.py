@@ -290,7 +290,9 @@ class SimEngine:
             from .kv_events import KVEventPublisher  # pyzmq and msgpack only when asked for
 
             self._publisher = KVEventPublisher(
-                self.config.kv_events_endpoint, replay_endpoint=self.config.kv_events_replay_endpoint
+                self.config.kv_events_endpoint,
+                replay_endpoint=self.config.kv_events_replay_endpoint,
+                hashes=self.config.kv_events_hashes,
             )
 
     async def close(self) -> None:

@@ -18,6 +18,11 @@ Followed from vLLM's `vllm/distributed/kv_events.py` (`ZmqEventPublisher`,
   DEALER socket and receives `[b"", seq, payload]` for every buffered batch from
   there, then `[b"", -1 as 8 signed bytes, b""]`. (vLLM's example uses a REQ
   socket, which accepts one reply per request and so sees only the first batch.)
+* block hashes are the sim's own 64-bit chain (`hashes="chain"`), which a router
+  can compute from a prompt's text; or, with `hashes="sha256"`, 32-byte digests of
+  those under a seed drawn at random per process, as vLLM's are without
+  `PYTHONHASHSEED`: opaque, so a router has to key blocks by their token ids, as it
+  must for vLLM (the gateway's `routing/rekey.py`).
 
 Differences: the sockets always bind (a router subscribes to each replica),
 where vLLM binds only wildcard/ipc addresses and connects otherwise. Sending
@@ -37,6 +42,8 @@ needs neither.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections import deque
@@ -46,6 +53,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from .config import KV_EVENT_HASHES
 from .kvcache import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 MEDIUM_GPU = "GPU"
@@ -55,8 +63,33 @@ REPLAY_SEND_TIMEOUT_MS = 2_000  # a replay reader this slow (or gone) is abandon
 END_SEQ = (-1).to_bytes(8, "big", signed=True)  # the seq frame of vLLM's end-of-replay marker
 
 
-def event_fields(event: KVEvent) -> list[Any]:
+class OpaqueHashes:
+    """The sim's block hashes as per-process seeded SHA-256 digests, like vLLM's without PYTHONHASHSEED."""
+
+    def __init__(self, seed: bytes | None = None) -> None:
+        self._seed = os.urandom(32) if seed is None else seed
+
+    def __call__(self, block_hash: int) -> bytes:
+        return hashlib.sha256(self._seed + block_hash.to_bytes(8, "big")).digest()
+
+
+def event_fields(event: KVEvent, opaque: OpaqueHashes | None = None) -> list[Any]:
     """One event as msgspec's tagged array_like encoding of vLLM's struct."""
+    if opaque is not None:
+        if isinstance(event, BlockStored):
+            parent = event.parent_block_hash
+            return [
+                "BlockStored",
+                [opaque(h) for h in event.block_hashes],
+                None if parent is None else opaque(parent),
+                event.token_ids,
+                event.block_size,
+                None,
+                MEDIUM_GPU,
+                None,
+            ]
+        if isinstance(event, BlockRemoved):
+            return ["BlockRemoved", [opaque(h) for h in event.block_hashes], MEDIUM_GPU]
     if isinstance(event, BlockStored):
         return [
             "BlockStored",
@@ -74,9 +107,11 @@ def event_fields(event: KVEvent) -> list[Any]:
     return ["AllBlocksCleared"]
 
 
-def encode_batch(events: Sequence[KVEvent], ts: float, data_parallel_rank: int = 0) -> bytes:
+def encode_batch(
+    events: Sequence[KVEvent], ts: float, data_parallel_rank: int = 0, opaque: OpaqueHashes | None = None
+) -> bytes:
     """msgpack of a `KVEventBatch`: `[ts, events, data_parallel_rank]`."""
-    packed: bytes = msgpack.packb([ts, [event_fields(e) for e in events], data_parallel_rank])
+    packed: bytes = msgpack.packb([ts, [event_fields(e, opaque) for e in events], data_parallel_rank])
     return packed
 
 
@@ -95,7 +130,11 @@ class KVEventPublisher:
         buffer_steps: int = BUFFER_STEPS,
         topic: bytes = b"",
         data_parallel_rank: int = 0,
+        hashes: str = "chain",
     ) -> None:
+        if hashes not in KV_EVENT_HASHES:
+            raise ValueError(f"KV-event hashes must be one of {', '.join(KV_EVENT_HASHES)}, got {hashes!r}")
+        self._opaque = OpaqueHashes() if hashes == "sha256" else None
         self._context = zmq.Context()
         self._replayer: threading.Thread | None = None
         self._socket = self._context.socket(zmq.PUB)
@@ -128,7 +167,7 @@ class KVEventPublisher:
             raise ValueError(f"{flag} {endpoint}: cannot bind: {exc}") from exc
 
     def publish(self, events: Sequence[KVEvent]) -> None:
-        payload = encode_batch(events, time.time(), self._rank)
+        payload = encode_batch(events, time.time(), self._rank, self._opaque)
         seq_bytes = self._seq.to_bytes(8, "big")
         if self._replayer is not None:  # buffered before sending: a subscriber that sees it can replay it
             with self._buffer_lock:

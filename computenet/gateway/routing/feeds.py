@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from computenet.engines import ENGINES
 
 from ..registry import EndpointRegistry
+from .hashers import TOKENIZED_BY_ENGINE
 from .pipeline import RoutingState
 from .scrape import EngineScraper
 
@@ -58,7 +59,9 @@ class SignalFeeds:
             if up.engine in ENGINES:
                 self.scraper.track(up.replica, up.origin.url, up.engine)
             if up.kv_events and (subscriber := self._subscriber()) is not None:
-                subscriber.track(up.replica, up.kv_events, up.kv_events_replay)
+                subscriber.track(
+                    up.replica, up.kv_events, up.kv_events_replay, rekey=up.engine in TOKENIZED_BY_ENGINE
+                )
         for replica in self.scraper.tracked() - live:
             self.scraper.untrack(replica)
         if self.kv_events is not None:

@@ -41,6 +41,7 @@ import zmq
 import zmq.asyncio
 
 from .kv_index import KVBlockIndex
+from .rekey import EngineKeys
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class KVEventStats:
     replay_failures: int = 0  # replays that timed out or no longer reached back far enough
     resets: int = 0  # times a replica's entries were dropped: lost events, restart, unreadable batch
     decode_errors: int = 0  # messages or batches that could not be read
+    unkeyed_blocks: int = 0  # stored blocks a re-keyed replica's events could not key (see rekey.py)
 
     def __add__(self, other: KVEventStats) -> KVEventStats:
         return KVEventStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
@@ -78,6 +80,7 @@ class _Feed:
     catching_up: bool = False  # a replay ran ahead of the live stream: its batches come again
     task: asyncio.Task[None] | None = None
     stats: KVEventStats = field(default_factory=KVEventStats)
+    keys: EngineKeys | None = None  # for an engine whose events are re-keyed from their token ids
 
 
 class KVEventSubscriber:
@@ -92,15 +95,23 @@ class KVEventSubscriber:
         self._stopping: set[asyncio.Task[None]] = set()
         self._started = False
 
-    def track(self, replica: str, endpoint: str, replay_endpoint: str | None = None) -> None:
+    def track(
+        self, replica: str, endpoint: str, replay_endpoint: str | None = None, *, rekey: bool = False
+    ) -> None:
         """Follow `replica`'s events from now on; ValueError naming the endpoint if it is not an address.
 
         The socket connects at once (ZMQ retries in the background until the publisher
-        is up), so nothing published after this call is missed by a slow start().
+        is up), so nothing published after this call is missed by a slow start(). With
+        `rekey`, blocks are indexed by the gateway's hashes of their token ids, not the
+        engine's (vLLM's, see rekey.py).
         """
         current = self._feeds.get(replica)
         if current is not None:
-            if (current.endpoint, current.replay_endpoint) == (endpoint, replay_endpoint):
+            if (current.endpoint, current.replay_endpoint, current.keys is not None) == (
+                endpoint,
+                replay_endpoint,
+                rekey,
+            ):
                 return
             self.untrack(replica)
         socket = self._context.socket(zmq.SUB)
@@ -113,6 +124,8 @@ class KVEventSubscriber:
             socket.close(linger=0)
             raise ValueError(f"KV events of {replica}: cannot connect to {endpoint!r}: {exc}") from exc
         feed = self._feeds[replica] = _Feed(replica, endpoint, replay_endpoint, socket)
+        if rekey:
+            feed.keys = EngineKeys()
         if self._started:
             self._launch(feed)
 
@@ -258,6 +271,10 @@ class KVEventSubscriber:
         feed.applied = seq
         try:
             events = batch_events(msgpack.unpackb(payload))
+            if feed.keys is not None:
+                unkeyed = feed.keys.unkeyed
+                events = feed.keys.translate(events)
+                feed.stats.unkeyed_blocks += feed.keys.unkeyed - unkeyed
             self.index.apply(feed.replica, events)
         except ValueError as exc:  # msgpack's errors are ValueErrors too
             feed.stats.decode_errors += 1
@@ -270,6 +287,8 @@ class KVEventSubscriber:
 
     def _reset(self, feed: _Feed) -> None:
         self.index.clear(feed.replica)
+        if feed.keys is not None:
+            feed.keys.clear()
         feed.applied = -1
         feed.catching_up = False
         feed.stats.resets += 1

@@ -66,6 +66,11 @@ class RoutingRequest:
     # every KV block hash of the prompt per engine name, when the caller knows them (the fleet
     # simulator); else the state's hasher computes as many as matching needs
     engine_blocks: dict[str, Sequence[Hashable]] = field(default_factory=dict)
+    # the prompt's token ids as the candidates' engine tokenizes it, for engines whose KV events
+    # are re-keyed from token ids (vLLM: the forwarder asks its /tokenize), and the LoRA adapter
+    # it is for, whose blocks are keyed apart from the base model's (`rekey.py`)
+    token_ids: Sequence[int] | None = None
+    adapter: str | None = None
     # leading blocks of the prompt each candidate holds, in `Snapshot.replicas` order, and the
     # prompt's length in blocks (what `prefill-load` scored); then the uncached tokens the chosen
     # one was charged, which the forwarder gives back at the first token
@@ -83,6 +88,7 @@ class RoutingRequest:
         return self.text_blocks
 
 
+KV_SCORERS = frozenset({"precise-prefix", "prefill-load"})  # scorers that read `RoutingState.kv_depths`
 _ROSTERS = 256  # candidate sets remembered (`RoutingState.roster`)
 
 Held = tuple[dict[str, int], int]
@@ -292,6 +298,11 @@ class RoutingPolicy(Protocol):
 
     name: str
 
+    @property
+    def reads_kv(self) -> bool:
+        """Whether picks read the engines' KV index (then a vLLM prompt's token ids are worth fetching)."""
+        ...
+
     def pick(self, request: RoutingRequest, candidates: Sequence[R], state: RoutingState) -> R | None:
         """One of `candidates` (never empty), or None when every one was filtered out."""
         ...
@@ -309,6 +320,10 @@ class Pipeline:
     filters: Sequence[Filter] = ()
     scorers: Sequence[tuple[Scorer, float]] = ()
     picker: Picker = field(default_factory=lambda: MaxScore())
+
+    @property
+    def reads_kv(self) -> bool:
+        return any(weight and scorer.name in KV_SCORERS for scorer, weight in self.scorers)
 
     def pick(self, request: RoutingRequest, candidates: Sequence[R], state: RoutingState) -> R | None:
         if not self.filters:  # nothing to turn away; with nothing to score either, no signal is read

@@ -87,6 +87,10 @@ class SignalBoard:
         where neither holds (nearly every request) is told in one lookup, not a pass over 64."""
         return self._lora_full > 0 or self._adapters[model] > 0
 
+    def serves_adapter(self, model: str) -> bool:
+        """Whether some scraped replica has a LoRA adapter of this name loaded."""
+        return self._adapters[model] > 0
+
     def _count_lora(self, load: EngineLoad, sign: int) -> None:
         if load.lora_adapters:
             for name in load.lora_adapters:

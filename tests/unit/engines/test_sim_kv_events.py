@@ -14,7 +14,7 @@ from sim_testkit import FAST_TIME_SCALE, MODEL, in_process
 
 from computenet.engines.sim import SimConfig
 from computenet.engines.sim.cli import parse_args
-from computenet.engines.sim.kv_events import END_SEQ, KVEventPublisher, encode_batch
+from computenet.engines.sim.kv_events import END_SEQ, KVEventPublisher, OpaqueHashes, encode_batch
 from computenet.engines.sim.kvcache import AllBlocksCleared, BlockRemoved, BlockStored, chain_hashes
 from computenet.engines.sim.server import create_app
 from computenet.pools.processes import free_port
@@ -123,6 +123,20 @@ def test_batch_encoding_is_vllm_array_like() -> None:
         3,
     ]
     assert msgpack.unpackb(encode_batch([BlockRemoved([2**64 - 1])], 0.0))[1][0][1] == [2**64 - 1]
+
+
+def test_sha256_hashes_are_opaque_and_seeded_per_process_as_vllms() -> None:
+    """The same blocks under two publishers' seeds: 32-byte digests, chained through the same map,
+    that differ between the two, as two vLLM processes' do without PYTHONHASHSEED."""
+    events = [BlockStored([7, 8], 6, list(range(32)), 16), BlockRemoved([8])]
+    first, second = OpaqueHashes(), OpaqueHashes()
+    stored, removed = msgpack.unpackb(encode_batch(events, 0.0, opaque=first))[1]
+    assert [len(h) for h in stored[1]] == [32, 32] and stored[2] == first(6) and stored[3] == list(range(32))
+    assert removed[1] == [stored[1][1]]
+    assert msgpack.unpackb(encode_batch(events, 0.0, opaque=second))[1][0][1] != stored[1]
+    assert parse_args(["--model", "m", "--kv-events-hashes", "sha256"]).config.kv_events_hashes == "sha256"
+    with pytest.raises(ValueError, match="kv_events_hashes"):
+        SimConfig(model="m", kv_events_hashes="md5")
 
 
 async def test_a_taken_endpoint_fails_startup() -> None:
