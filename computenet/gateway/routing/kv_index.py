@@ -21,7 +21,15 @@ shortcuts follow the usual shape of a walk, a shared system prompt held by many
 replicas, then the rest of a conversation held by one: a block with the same
 holders as the one before costs no mask arithmetic, and once a single replica is
 left the walk goes on in that replica's own block set, a table a fleet's size
-smaller than the index's (and so more often in the CPU's cache).
+smaller than the index's (and so more often in the CPU's cache), and by bisection
+rather than block by block. That trusts a replica's blocks to be prefix-closed (holding
+a block means holding every block before it), which engines keep: vLLM frees a finished
+request's blocks tail first, so its LRU evicts tails before heads, and a lookup that
+reuses a block reuses every block before it, so a head is never older than its tail;
+the approximate index trims tails first for the same reason. (Sliding-window layers,
+which drop blocks that leave the window, are the exception.) Where a hole slipped in
+anyway, a replica is credited with more of the prompt than its engine will find: one
+wrong route, costing a prefill, never a wrong answer.
 
 Per replica the index also keeps how many cached copies of each hash it holds:
 vLLM does not de-duplicate blocks (two requests filling the same block at once
@@ -41,7 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import repeat
 from typing import Any, Literal
 
 MEDIUM_GPU = "GPU"
@@ -211,14 +219,26 @@ class KVBlockIndex:
 
 
 def _run_end(held: dict[Hashable, int], block_hashes: Sequence[Hashable], start: int) -> int:
-    """Where the run of `block_hashes` that are keys of `held`, from `start` on, ends. Looked up at
-    C speed to the prompt's end rather than stopping at the first miss in a Python loop: hashers
-    stop at the first block no replica holds, so the run nearly always reaches it."""
-    found = list(map(held.__contains__, islice(block_hashes, start, None)))
-    try:
-        return start + found.index(False)
-    except ValueError:
-        return len(block_hashes)
+    """Where the run of `block_hashes` that are keys of `held` ends, the block before `start` known
+    held: found by bisection, trusting that a replica holding a block holds every block before it
+    (the module docstring says why that holds), so ~log2(n) lookups instead of n, each one likely
+    a cache miss in an index of millions of blocks. Hashers stop after the first block no
+    replica holds, so the run usually ends at the last block or the one before: those two are
+    looked at first."""
+    contains = held.__contains__
+    end = len(block_hashes)
+    if start >= end or contains(block_hashes[end - 1]):
+        return end
+    lo, hi = start - 1, end - 1  # held, not held
+    if hi - 1 > lo and contains(block_hashes[hi - 1]):
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if contains(block_hashes[mid]):
+            lo = mid
+        else:
+            hi = mid
+    return hi
 
 
 def parse_event(event: Any) -> tuple[Op, tuple[Hashable, ...]] | None:
