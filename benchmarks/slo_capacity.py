@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/slo_capacity.py [--fleets 70b-tp4,8b] [--rates 0.5,0.75,1,1.5,2,3,4]
         [--policies random,round-robin,least-request,prefix,precise-prefix,oracle] [--gateways 1]
-        [--max-in-flight 64] [--max-wait 30] [--limit N] [--jobs 2] [--out results.json]
+        [--max-in-flight 64|auto] [--max-wait 30] [--limit N] [--jobs 2] [--out results.json]
         [--plot docs/img/slo_capacity.png]
 
 Replays the Mooncake conversation trace (12,031 requests, ~59 minutes) on the
@@ -17,7 +17,9 @@ runs it with `maxInFlight` = 64 per replica (about twice the requests of this tr
 whose KV fits in one replica's cache, for either model): beyond that, requests wait
 in its queue (at most 1024, at most 30 s) and are routed when a slot frees, so
 overload shows as 429 and 503 and admitted requests never queue without end
-(`--max-in-flight` and `--max-wait` change the gate, to see how it bounds their wait).
+(`--max-in-flight` and `--max-wait` change the gate, to see how it bounds their wait;
+`--max-in-flight auto` sizes it as `computenet gateway --max-in-flight auto` does, from
+each replica's KV cache and the typical finished request).
 
 The SLO: p90 TTFT <= 2 s and p90 TPOT <= 100 ms with no failed request (a 429 or
 503 is a failure). A policy's SLO capacity is the highest rate at which it and every
@@ -58,10 +60,11 @@ from computenet.cli.sim_replay import arrivals
 from computenet.cli.sim_routing import make_router, router_factories
 from computenet.engines.sim.catalog import load_catalog
 from computenet.engines.sim.core import CoreConfig
-from computenet.engines.sim.fleet import FleetConfig, FleetResult, GatewayGate, simulate
+from computenet.engines.sim.fleet import Fleet, FleetConfig, FleetResult, GatewayGate
 from computenet.engines.sim.kvcache import BLOCK_SIZE, segment_hashes
 from computenet.engines.sim.routers import ReplicaView, Router
 from computenet.engines.sim.scheduler import SimRequest
+from computenet.engines.sizing import MaxInFlight, parse_max_in_flight
 from computenet.workloads import TraceRequest, percentile, read_trace, select
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,13 +132,21 @@ def _router(policy: str, shape: FleetShape, gateways: int) -> Router:
     return make_router(policy, model=shape.model, gateways=gateways)
 
 
+def max_in_flight(text: str) -> MaxInFlight:
+    """argparse type of `--max-in-flight`: a positive integer or auto."""
+    try:
+        return parse_max_in_flight("--max-in-flight", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
+
+
 def run_one(
     fleet: str,
     policy: str,
     rate: float,
     limit: int | None,
     gateways: int,
-    max_in_flight: int = MAX_IN_FLIGHT,
+    max_in_flight: MaxInFlight = MAX_IN_FLIGHT,
     max_wait_s: float = MAX_WAIT_S,
 ) -> dict[str, Any]:
     shape = FLEETS[fleet]
@@ -146,13 +157,8 @@ def run_one(
         core=CoreConfig(tp=shape.tp),
         gate=GatewayGate(max_in_flight=max_in_flight, max_wait_s=max_wait_s),
     )
-    result = simulate(
-        arrivals(requests),
-        catalog.model(shape.model),
-        catalog.gpu(shape.gpu),
-        config,
-        _router(policy, shape, gateways),
-    )
+    sim = Fleet(catalog.model(shape.model), catalog.gpu(shape.gpu), config, _router(policy, shape, gateways))
+    result = sim.run(arrivals(requests))
     where = {
         "fleet": fleet,
         "policy": policy,
@@ -160,6 +166,7 @@ def run_one(
         "gateways": gateways,
         "max_in_flight": max_in_flight,
         "max_wait_s": max_wait_s,
+        "gate_capacity_end": sim.gate_capacity,  # over the fleet, once the trace is done
     }
     return where | figures(result)
 
@@ -320,9 +327,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--max-in-flight",
-        type=positive(int),
+        type=max_in_flight,
         default=MAX_IN_FLIGHT,
-        help=f"the gateway's maxInFlight per replica ({MAX_IN_FLIGHT})",
+        help=f"the gateway's maxInFlight per replica, or auto: sized from the KV cache ({MAX_IN_FLIGHT})",
     )
     parser.add_argument(
         "--max-wait",

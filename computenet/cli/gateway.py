@@ -3,12 +3,13 @@
     computenet gateway --port 4000 --model llama --upstream http://10.0.0.5:8000,http://10.0.0.6:8000
     computenet gateway -f gateway.yaml        # Providers, Routes, Tenants and APIKeys
     computenet gateway --model llama --upstream http://a:8000,http://b:8000 --engine vllm \
-        --kv-events tcp://a:5557,tcp://b:5557 --policy precise-prefix
+        --kv-events tcp://a:5557,tcp://b:5557 --policy precise-prefix --max-in-flight auto
 
 This is how people run a LiteLLM proxy today. Upstreams are any OpenAI-compatible
 servers unless `--engine` says what they run: then the gateway reads their load from
 /metrics, and with `--kv-events` (one publisher per upstream, in the same order) follows
-their KV caches for precise prefix routing. With `--workers N` uvicorn starts N
+their KV caches for precise prefix routing; `--max-in-flight auto` sizes each model's
+admission gate from the KV-cache size those metrics report. With `--workers N` uvicorn starts N
 processes on one socket; each builds its own gateway from the same arguments, which
 travel to them in an environment variable (uvicorn re-imports the app per worker).
 """
@@ -44,6 +45,7 @@ from computenet.api import (
     load_file,
 )
 from computenet.engines import ENGINES
+from computenet.engines.sizing import AUTO, DEFAULT_PER_REPLICA, MaxInFlight, parse_max_in_flight
 from computenet.gateway import ConfigError, Gateway, GatewayApp
 from computenet.gateway.admission import Gates
 from computenet.gateway.auth import KeyBook
@@ -109,9 +111,11 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--max-in-flight",
-        type=int,
-        metavar="N",
-        help="requests per endpoint at once; beyond, requests queue by priority (x-computenet-priority)",
+        type=max_in_flight,
+        metavar="N|auto",
+        help="requests per endpoint at once; beyond, requests queue by priority (x-computenet-priority). "
+        "auto: what each upstream's KV cache holds of the model's typical request, read from its "
+        f"/metrics (needs --engine; {DEFAULT_PER_REPLICA} per endpoint until known; docs/gateway.md)",
     )
     p.add_argument(
         "--queue-size", type=int, default=1024, help="requests that may wait per model (default 1024)"
@@ -202,12 +206,23 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--kv-events-replay needs --kv-events: replay recovers events missed on those")
     if args.workers < 1:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
-    if args.max_in_flight is not None and args.max_in_flight < 1:
-        raise ValueError(f"--max-in-flight must be at least 1, got {args.max_in_flight}")
+    if args.max_in_flight == AUTO and not args.engine:
+        raise ValueError(
+            "--max-in-flight auto needs --engine: it sizes each upstream by the KV cache its /metrics "
+            "reports (without --engine nothing is scraped); give a number instead"
+        )
     if args.queue_size < 0 or args.queue_timeout <= 0:
         raise ValueError("--queue-size must be >= 0 and --queue-timeout > 0")
     if args.redis is not None and not args.redis.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"--redis must be a redis:// or rediss:// URL, got {args.redis!r}")
+
+
+def max_in_flight(text: str) -> MaxInFlight:
+    """argparse type of `--max-in-flight`: a bad value is a usage error naming the flag."""
+    try:
+        return parse_max_in_flight("--max-in-flight", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
 
 
 def app_from_env() -> GatewayApp:

@@ -26,6 +26,7 @@ from computenet.engines.sim.fleet import (
     GatewayGate,
     RequestRecord,
 )
+from computenet.engines.sizing import parse_max_in_flight
 from computenet.workloads import (
     RequestResult,
     TraceError,
@@ -88,8 +89,12 @@ def _plan(args: argparse.Namespace) -> _Plan:
 def _gate(args: argparse.Namespace) -> GatewayGate | None:
     if args.max_in_flight is None:
         return None
+    try:
+        per_replica = parse_max_in_flight("--max-in-flight", args.max_in_flight)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     return GatewayGate(
-        max_in_flight=parse_number("--max-in-flight", args.max_in_flight, int),
+        max_in_flight=per_replica,
         max_queue=parse_number("--max-queue", args.max_queue, int, allow_zero=True),
         max_wait_s=parse_number("--max-wait", args.max_wait, float),
     )

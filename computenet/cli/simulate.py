@@ -52,9 +52,9 @@ def _add_replay(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-in-flight",
-        metavar="N",
-        help="the gateway's admission gate: requests in flight per replica before the rest queue "
-        "(default: no gate)",
+        metavar="N|auto",
+        help="the gateway's admission gate: requests in flight per replica before the rest queue; auto: "
+        "what a replica's KV cache holds of the typical finished request (default: no gate)",
     )
     parser.add_argument("--max-queue", default="1024", metavar="N", help="the gate's queue (default 1024)")
     parser.add_argument(

@@ -46,6 +46,9 @@ class EngineLoad:
     prefix_cache_queries_total: float = 0.0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits_total: float = 0.0  # of those, tokens found cached
     prefix_cache_hit_rate: float | None = None  # fraction 0..1; None where it cannot be told
+    # Tokens the engine's KV cache holds (over its data-parallel cores): what `--max-in-flight auto`
+    # divides by a typical request's tokens. 0 unknown (not reported, or not allocated yet).
+    kv_capacity_tokens: float = 0.0
 
 
 class EngineAdapter(Protocol):

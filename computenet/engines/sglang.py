@@ -7,14 +7,16 @@ worth relying on), so the command starts with `sys.executable`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg
-from .metrics import SeriesReader, mean, series, total
+from .metrics import Sample, SeriesReader, mean, series, total
 
 # Names from sglang/srt/metrics/collector.py.
 _HIT_RATE = "sglang:cache_hit_rate"  # a gauge per TP/DP rank, over the scheduler's last log interval
 _CACHED_TOKENS = "sglang:cached_tokens_total"  # newer SGLang only
 _LORA_SLOTS = "sglang:lora_pool_slots_total"  # only with --enable-lora
+_KV_TOKENS = "sglang:max_total_num_tokens"  # the KV pool's size in tokens, per scheduler (rank)
 _SERIES = SeriesReader(
     "sglang:num_running_reqs",
     "sglang:num_queue_reqs",
@@ -24,6 +26,7 @@ _SERIES = SeriesReader(
     _HIT_RATE,
     _CACHED_TOKENS,
     _LORA_SLOTS,
+    _KV_TOKENS,
 )
 
 
@@ -51,7 +54,18 @@ def parse_sglang_metrics(text: str) -> EngineLoad:
         prefix_cache_queries_total=queries,
         prefix_cache_hits_total=hits,
         prefix_cache_hit_rate=hit_rate,
+        kv_capacity_tokens=_kv_capacity_tokens(series(samples, _KV_TOKENS)),
     )
+
+
+def _kv_capacity_tokens(pools: Sequence[Sample]) -> float:
+    """The KV pool's tokens: the ranks of one data-parallel group share a pool (each may report
+    it), separate groups each have their own; 0 where SGLang does not say."""
+    by_group: dict[str, float] = {}
+    for sample in pools:
+        group = sample.labels.get("dp_rank", "")
+        by_group[group] = max(by_group.get(group, 0.0), sample.value)
+    return sum(by_group.values())
 
 
 class SglangAdapter:

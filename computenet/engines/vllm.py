@@ -6,6 +6,8 @@ with `SimAdapter` rather than copied.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg
 from .metrics import Sample, SeriesReader, latest, mean, split_label, total
 
@@ -14,12 +16,14 @@ _QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_to
 _HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _LORA_INFO = "vllm:lora_requests_info"
+_CACHE_INFO = "vllm:cache_config_info"  # CacheConfig.metrics_info(): every value a label, as a string
 _SERIES = SeriesReader(
     "vllm:num_requests_running",
     "vllm:num_requests_waiting",
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",
     _LORA_INFO,
+    _CACHE_INFO,
     *_KV_USAGE,
     *_QUERIES,
     *_HITS,
@@ -46,7 +50,26 @@ def parse_vllm_metrics(text: str) -> EngineLoad:
         prefix_cache_queries_total=queries,
         prefix_cache_hits_total=hits,
         prefix_cache_hit_rate=hits / queries if queries > 0 else None,
+        kv_capacity_tokens=_kv_capacity_tokens(samples.get(_CACHE_INFO, ())),
     )
+
+
+def _kv_capacity_tokens(info: Sequence[Sample]) -> float:
+    """Tokens the KV cache holds, from `vllm:cache_config_info`: num_gpu_blocks x block_size.
+
+    vLLM exports one sample per engine core (label `engine`); data-parallel cores
+    each own a cache, so they add up. A core that has not allocated its cache yet
+    says `num_gpu_blocks="None"`: then the whole figure is unknown (0), not a part
+    of it, which would make the replica look smaller than it is.
+    """
+    by_engine: dict[str, int] = {}
+    for sample in info:
+        labels = sample.labels
+        blocks, size = labels.get("num_gpu_blocks", ""), labels.get("block_size", "")
+        if not (blocks.isdigit() and size.isdigit()):
+            return 0.0
+        by_engine[labels.get("engine", "")] = int(blocks) * int(size)
+    return float(sum(by_engine.values()))
 
 
 def _lora_adapters(info: Sample | None) -> frozenset[str]:

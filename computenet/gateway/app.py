@@ -21,6 +21,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from computenet.api import Provider, Route
+from computenet.engines.sizing import AUTO, MaxInFlight, parse_max_in_flight
 
 from .asgi import ASGIApp, Receive, Scope, Send, json_error, send_json
 from .auth import AuthFailure, KeyBook
@@ -30,11 +31,12 @@ from .metrics import GatewayMetrics
 from .openai import BadRequest, parse_request
 from .registry import EndpointRegistry
 from .resilience import Breakers
-from .routes import ConfigProblem, RouteTable
+from .routes import ConfigProblem, RoutePlan, RouteTable
 from .routing.feeds import SignalFeeds
 from .routing.hashers import engine_block_hashes
 from .routing.kv_index import KVBlockIndex
 from .routing.pipeline import RoutingRequest, RoutingState
+from .sizing import AutoCapacity
 from .tracing import Tracer
 from .upstream import UpstreamPool
 
@@ -62,9 +64,13 @@ class Gateway:
         tracer: Tracer | None = None,
         connect_timeout_s: float = 3.0,
         max_body_bytes: int = MAX_BODY_BYTES,
-        max_in_flight_per_endpoint: int | None = None,
+        max_in_flight_per_endpoint: MaxInFlight | None = None,
         scrape_interval_s: float = SCRAPE_INTERVAL_S,
     ) -> None:
+        if max_in_flight_per_endpoint is not None:
+            max_in_flight_per_endpoint = parse_max_in_flight(
+                "max_in_flight_per_endpoint", max_in_flight_per_endpoint
+            )
         self.max_in_flight_per_endpoint = max_in_flight_per_endpoint
         self.registry = registry or EndpointRegistry()
         self.table = RouteTable(self.registry)
@@ -81,6 +87,8 @@ class Gateway:
         )
         self.metrics.add_routing_feeds(self.feeds)  # scrape errors, KV-event stats, index size
         self.forwarder = Forwarder(self.pool, self.table, self.routing, self.breakers, self.metrics)
+        # `auto`: each model's gate sized from its endpoints' KV caches and its typical request
+        self.sizing = AutoCapacity(self.routing.board) if max_in_flight_per_endpoint == AUTO else None
         self.max_body_bytes = max_body_bytes
         self.in_flight: dict[str, int] = {}
         self.metrics.add_gauges(
@@ -96,6 +104,14 @@ class Gateway:
             lambda: {k: float(v) for k, v in self.breakers.states().items()},
         )
         self.guards.register_metrics(self.metrics)
+        if self.sizing is not None:
+            self.metrics.add_gauges(
+                "computenet_gateway_typical_request_tokens",
+                "Prompt + completion tokens of a typical finished request (moving average), by model: "
+                "what --max-in-flight auto divides each endpoint's KV cache by.",
+                "model",
+                self.sizing.typical_tokens,
+            )
         # Replicas come and go under new names: drop the breakers of those that are gone.
         self.registry.on_change(self._forget_gone)
 
@@ -106,6 +122,16 @@ class Gateway:
         problems = self.table.configure(routes, providers, strict=strict)
         self._forget_gone()
         return problems
+
+    def gate_capacity(self, plan: RoutePlan) -> int:
+        """Requests `plan`'s model may have in flight: per endpoint that answers it, the fixed
+        `--max-in-flight N` or, with `auto`, what its KV cache holds of a typical request."""
+        endpoints = tuple(self.forwarder.answering(b) for b in plan.targets)
+        if self.sizing is not None:
+            return self.sizing.capacity(plan.model, endpoints)
+        per_endpoint = self.max_in_flight_per_endpoint
+        assert isinstance(per_endpoint, int)
+        return per_endpoint * sum(map(len, endpoints))
 
     def _forget_gone(self) -> None:
         self.breakers.forget(self.table.replicas())
@@ -242,8 +268,7 @@ class GatewayApp:
         )
         ex.headers.append((b"traceparent", span.traceparent.encode()))
         if gw.guards.gates is not None and gw.max_in_flight_per_endpoint is not None:
-            endpoints = sum(gw.forwarder.endpoints_of(b) for b in plan.targets)
-            gw.guards.gates.gate(model).capacity = gw.max_in_flight_per_endpoint * endpoints
+            gw.guards.gates.gate(model).capacity = gw.gate_capacity(plan)
         try:
             ticket = await gw.guards.admit(ex, plan, key, parsed.max_tokens, priority)
         except Refusal as refusal:
@@ -295,6 +320,8 @@ class GatewayApp:
             series.prompt.inc(usage.prompt_tokens)
             series.cached.inc(usage.cached_tokens)
             series.completion.inc(usage.completion_tokens)
+            if self.gw.sizing is not None and ex.status == 200:
+                self.gw.sizing.observe(ex.model, usage.prompt_tokens + usage.completion_tokens)
         if ex.cause:
             metrics.error(ex.model, ex.cause)
         if access_log.isEnabledFor(logging.INFO):

@@ -210,10 +210,11 @@ class Forwarder:
         request.adapter = request.model if self.state.board.serves_adapter(request.model) else None
         await self.tokenizer.fill(request, candidates, backend.label)
 
-    def endpoints_of(self, backend: Backend) -> int:
-        """Replicas that answer requests for `backend` (a disaggregated deployment: its decode replicas)."""
+    def answering(self, backend: Backend) -> tuple[Upstream, ...]:
+        """Replicas that answer requests for `backend` (a disaggregated deployment: its decode replicas;
+        a provider model: its one upstream): what a model's admission gate is sized by."""
         pair = self._paired(backend)
-        return len(pair.decoders) if pair is not None else len(self.table.candidates(backend))
+        return pair.decoders if pair is not None else self.table.candidates(backend)
 
     def _paired(self, backend: Backend) -> _Pair | None:
         """The deployment behind `backend` when the gateway pairs its prefill and decode replicas."""

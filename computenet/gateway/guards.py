@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from computenet.api import ApiKey, Price, Tenant, UsageRecord
 
-from .admission import Gates, Shed, parse_priority
+from .admission import UNLIMITED, Gates, Shed, parse_priority
 from .forward import Exchange
 from .limits import Admission, BudgetCap, BudgetLedger, Limit, RateLimiter, Reservation
 from .metering import UsageMeter
@@ -76,6 +76,12 @@ class Guards:
                 "Requests waiting at the gateway for a saturated model, by model.",
                 "model",
                 lambda: {m: float(g.queued) for m, g in gates.items()},
+            )
+            metrics.add_gauges(
+                "computenet_gateway_admission_capacity",
+                "Requests the gateway lets a model have in flight before it queues the rest, by model.",
+                "model",
+                lambda: {m: float(g.capacity) for m, g in gates.items() if g.capacity != UNLIMITED},
             )
         if meter is not None:
             metrics.add_gauges(

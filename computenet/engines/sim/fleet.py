@@ -22,7 +22,10 @@ same rule as `computenet.gateway.admission`): at most so many requests in flight
 per replica, the rest wait in a bounded FIFO and are routed when a slot frees;
 a full queue answers 429 and a wait past `max_wait_s` 503. Under overload that
 is what a client sees instead of queues that grow without bound. A router may
-also refuse a request (every replica filtered out as saturated): 503.
+also refuse a request (every replica filtered out as saturated): 503. With
+`max_in_flight="auto"` the per-replica figure is the gateway's `--max-in-flight
+auto` (`computenet.engines.sizing`): the replica's KV tokens over a moving
+average of finished requests' prompt + output tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..sizing import AUTO, MaxInFlight, TypicalRequest, kv_slots
 from .catalog import GpuSpec, ModelArch
 from .core import CoreConfig, EngineCore, StepResult
 from .kvcache import segment_hashes
@@ -127,18 +131,21 @@ class GatewayGate:
     """The gateway's admission in front of the fleet: `computenet gateway`'s `maxInFlight` and its queue.
 
     Capacity follows the routable replicas (max_in_flight x replicas), as the
-    gateway sizes a model's gate by its endpoints.
+    gateway sizes a model's gate by its endpoints; with "auto", each replica counts
+    for what its KV cache holds of the typical finished request (`kv_slots`).
     """
 
-    max_in_flight: int  # per replica
+    max_in_flight: MaxInFlight  # per replica, or "auto"
     max_queue: int = 1024
     max_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_in_flight < 1 or self.max_queue < 0 or self.max_wait_s <= 0:
+        per_replica = self.max_in_flight
+        fixed_ok = isinstance(per_replica, int) and not isinstance(per_replica, bool) and per_replica >= 1
+        if not (per_replica == AUTO or fixed_ok) or self.max_queue < 0 or self.max_wait_s <= 0:
             raise ValueError(
-                "GatewayGate needs max_in_flight >= 1, max_queue >= 0 and max_wait_s > 0; got "
-                f"{self.max_in_flight}, {self.max_queue} and {self.max_wait_s}"
+                'GatewayGate needs max_in_flight >= 1 (or "auto"), max_queue >= 0 and max_wait_s > 0; got '
+                f"{per_replica!r}, {self.max_queue} and {self.max_wait_s}"
             )
 
 
@@ -233,6 +240,8 @@ class Fleet:
         self._starts: list[Replica] = []  # replicas to start a step once this instant is applied
         self._queue: deque[tuple[Arrival, RequestRecord]] = deque()  # waiting at the gateway's gate
         self._in_flight = 0  # routed and not finished, over the whole fleet
+        auto = config.gate is not None and config.gate.max_in_flight == AUTO
+        self._typical = TypicalRequest() if auto else None  # finished requests' tokens, for "auto"
         self._next: Arrival | None = None
         self._end_s = 0.0
 
@@ -305,7 +314,16 @@ class Fleet:
 
     def _capacity(self) -> int:
         assert self.config.gate is not None
-        return self.config.gate.max_in_flight * len(self._routable)
+        per_replica = self.config.gate.max_in_flight
+        if per_replica == AUTO:  # every replica runs the same core config: the same KV size
+            assert self._typical is not None
+            per_replica = kv_slots(self.replicas[0].core.kv_capacity_tokens, self._typical.tokens)
+        return per_replica * len(self._routable)
+
+    @property
+    def gate_capacity(self) -> int | None:
+        """Requests the gate lets the fleet have in flight now; None without a gate."""
+        return self._capacity() if self.config.gate is not None else None
 
     def _dequeue(self, now: float) -> None:
         """Route waiting requests while the gate has room; those that waited too long get 503."""
@@ -363,6 +381,8 @@ class Fleet:
         replica.outstanding -= 1
         self._in_flight -= 1
         self._end_s = max(self._end_s, now)
+        if self._typical is not None:
+            self._typical.observe(record.prompt_tokens + record.output_tokens)
 
     # --- steps -------------------------------------------------------------------------------------
 

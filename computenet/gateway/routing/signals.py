@@ -44,6 +44,9 @@ class SignalBoard:
     # every adapter slot taken (see `lora_matters`)
     _adapters: Counter[str] = field(default_factory=Counter)
     _lora_full: int = 0
+    # Bumped whenever some endpoint's reported KV size changes (first scrape, a restart with another
+    # size): what `--max-in-flight auto` caches its gate sizes against (gateway/sizing.py).
+    kv_version: int = 0
 
     def of(self, replica: str) -> EndpointSignals:
         found = self._signals.get(replica)
@@ -76,8 +79,11 @@ class SignalBoard:
 
     def record_scrape(self, replica: str, load: EngineLoad) -> None:
         signals = self.of(replica)
-        if signals.engine is not None:
-            self._count_lora(signals.engine, -1)
+        before = signals.engine
+        if before is not None:
+            self._count_lora(before, -1)
+        if (before.kv_capacity_tokens if before is not None else 0.0) != load.kv_capacity_tokens:
+            self.kv_version += 1
         self._count_lora(load, 1)
         signals.engine, signals.scraped_at, signals.scrape_errors = load, self.clock(), 0
 

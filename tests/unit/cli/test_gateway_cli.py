@@ -80,6 +80,9 @@ async def test_sim_upstreams_with_kv_events_are_routed_by_what_their_engines_cac
             ["--engine", "sim", "--kv-events-replay", "tcp://a:1,tcp://b:1"],
             "--kv-events-replay needs --kv-events",
         ),
+        (["--max-in-flight", "auto"], "--max-in-flight auto needs --engine"),
+        (["--max-in-flight", "0"], "argument --max-in-flight: must be a positive integer or auto, got '0'"),
+        (["--max-in-flight", "lots"], "argument --max-in-flight: must be a positive integer or auto"),
     ],
 )
 def test_flags_that_do_not_fit_together_exit_2_naming_the_flag(

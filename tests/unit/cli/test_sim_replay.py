@@ -127,10 +127,19 @@ def test_overload_behind_the_gate_shows_as_429_and_503_not_lost_requests(
     assert ungated["failed"] == 0 and ungated["e2e_s"]["p99"] > gated["e2e_s"]["p99"]
 
 
+def test_an_auto_gate_sizes_itself_from_the_replicas_kv_caches(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--trace", str(MOONCAKE), "--limit", "300", "--speedup", "50", "--router", "least-request"]
+    auto = _replay_json(capsys, *argv, "--max-in-flight", "auto", "--max-queue", "20", "--max-wait", "5")
+    assert auto["max_in_flight"] == "auto" and auto["completed"] + auto["failed"] == 300
+    assert {reason.split(":")[0] for reason in auto["errors"]} <= {"HTTP 429", "HTTP 503"}
+
+
 def test_bad_gate_flags_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["sim", "replay", "--trace", str(MOONCAKE), "--limit", "5"]
     assert _exit_code([*argv, "--max-in-flight", "0"]) == 2
-    assert "--max-in-flight must be a positive integer" in capsys.readouterr().err
+    assert "--max-in-flight must be a positive integer or auto, got '0'" in capsys.readouterr().err
+    assert _exit_code([*argv, "--max-in-flight", "automatic"]) == 2
+    assert "--max-in-flight must be a positive integer or auto" in capsys.readouterr().err
     assert _exit_code([*argv, "--gateways", "-1"]) == 2
     assert "--gateways must be a positive integer" in capsys.readouterr().err
 

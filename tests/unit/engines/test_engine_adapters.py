@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from computenet.engines import EngineLoad, LaunchSpec, args_to_flags
 from computenet.engines.metrics import MetricsParseError, SeriesReader, sample_sums, sample_values
 from computenet.engines.sglang import SglangAdapter
 from computenet.engines.sim import SimAdapter
+from computenet.engines.sim.catalog import load_catalog
+from computenet.engines.sim.core import CoreConfig, EngineCore
+from computenet.engines.sim.metrics import SimMetrics, cache_config_info
 from computenet.engines.vllm import VllmAdapter
 
 # Trimmed from a vLLM v1 /metrics with two engine cores (data parallel 2).
@@ -126,6 +130,37 @@ sglang:prompt_tokens_total{model_name="qwen"} 5000.0
 # HELP sglang:cached_tokens_total Number of cached prompt tokens.
 # TYPE sglang:cached_tokens_total counter
 sglang:cached_tokens_total{model_name="qwen"} 1250.0
+"""
+
+# vLLM v1 with data parallel 2: `CacheConfig.metrics_info()` as labels, one sample per engine core.
+VLLM_CACHE_INFO_METRICS = """\
+# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
+# TYPE vllm:cache_config_info gauge
+vllm:cache_config_info{block_size="16",cache_dtype="auto",calculate_kv_scales="False",cpu_offload_gb="0",\
+enable_prefix_caching="True",engine="0",gpu_memory_utilization="0.9",is_attention_free="False",\
+num_cpu_blocks="None",num_gpu_blocks="27713",num_gpu_blocks_override="None",prefix_caching_hash_algo="builtin",\
+sliding_window="None",swap_space="4"} 1.0
+vllm:cache_config_info{block_size="16",cache_dtype="auto",calculate_kv_scales="False",cpu_offload_gb="0",\
+enable_prefix_caching="True",engine="1",gpu_memory_utilization="0.9",is_attention_free="False",\
+num_cpu_blocks="None",num_gpu_blocks="27713",num_gpu_blocks_override="None",prefix_caching_hash_algo="builtin",\
+sliding_window="None",swap_space="4"} 1.0
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="qwen"} 3.0
+vllm:num_requests_running{engine="1",model_name="qwen"} 2.0
+"""
+
+# SGLang with --dp-size 2 --tp-size 2: each rank reports its data-parallel group's KV pool.
+SGLANG_KV_METRICS = """\
+# HELP sglang:max_total_num_tokens Maximum total number of tokens in the KV cache pool.
+# TYPE sglang:max_total_num_tokens gauge
+sglang:max_total_num_tokens{dp_rank="0",engine_type="unified",model_name="qwen",pp_rank="0",tp_rank="0"} 471258.0
+sglang:max_total_num_tokens{dp_rank="0",engine_type="unified",model_name="qwen",pp_rank="0",tp_rank="1"} 471258.0
+sglang:max_total_num_tokens{dp_rank="1",engine_type="unified",model_name="qwen",pp_rank="0",tp_rank="0"} 471258.0
+sglang:max_total_num_tokens{dp_rank="1",engine_type="unified",model_name="qwen",pp_rank="0",tp_rank="1"} 471258.0
+# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{dp_rank="0",engine_type="unified",model_name="qwen",pp_rank="0",tp_rank="0"} 6.0
 """
 
 
@@ -281,7 +316,46 @@ def test_the_sim_reports_prefix_cache_counters_under_vllm_names() -> None:
     assert SimAdapter().parse_metrics(text).prefix_cache_hit_rate == 0.25
 
 
-@pytest.mark.parametrize("text", [VLLM_METRICS, VLLM_LORA_METRICS, SGLANG_METRICS, SGLANG_CACHE_METRICS])
+def test_vllm_kv_capacity_is_blocks_times_block_size_over_engine_cores() -> None:
+    load = VllmAdapter().parse_metrics(VLLM_CACHE_INFO_METRICS)
+    assert load.kv_capacity_tokens == 2 * 27713 * 16
+    assert load.running == 5.0
+    one_core = "\n".join(line for line in VLLM_CACHE_INFO_METRICS.splitlines() if 'engine="1"' not in line)
+    assert VllmAdapter().parse_metrics(one_core).kv_capacity_tokens == 27713 * 16
+
+
+def test_vllm_kv_capacity_is_unknown_until_the_cache_is_allocated() -> None:
+    text = VLLM_CACHE_INFO_METRICS.replace('num_gpu_blocks="27713"', 'num_gpu_blocks="None"', 1)
+    assert VllmAdapter().parse_metrics(text).kv_capacity_tokens == 0.0  # not half of it
+    assert VllmAdapter().parse_metrics(VLLM_METRICS).kv_capacity_tokens == 0.0  # not exported at all
+
+
+def test_sglang_kv_capacity_counts_each_data_parallel_pool_once() -> None:
+    load = SglangAdapter().parse_metrics(SGLANG_KV_METRICS)
+    assert load.kv_capacity_tokens == 2 * 471258
+    assert load.running == 6.0
+    assert SglangAdapter().parse_metrics(SGLANG_METRICS).kv_capacity_tokens == 0.0
+
+
+def test_the_sims_own_metrics_report_its_kv_size() -> None:
+    catalog = load_catalog()
+    config = CoreConfig(num_gpu_blocks_override=300)
+    core = EngineCore(catalog.model("llama-3.1-8b"), catalog.gpu("H100"), config)
+    text = generate_latest(SimMetrics("m", core, cache_config_info(core)).registry).decode()
+    assert SimAdapter().parse_metrics(text).kv_capacity_tokens == 300 * 16 == core.kv_capacity_tokens
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        VLLM_METRICS,
+        VLLM_LORA_METRICS,
+        VLLM_CACHE_INFO_METRICS,
+        SGLANG_METRICS,
+        SGLANG_CACHE_METRICS,
+        SGLANG_KV_METRICS,
+    ],
+)
 def test_values_match_prometheus_clients_own_parser(text: str) -> None:
     expected: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):

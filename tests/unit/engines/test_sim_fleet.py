@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import Counter
@@ -11,10 +12,19 @@ import pytest
 
 from computenet.engines.sim.catalog import load_catalog
 from computenet.engines.sim.core import CoreConfig, _decode_span, _decode_span_stepwise
-from computenet.engines.sim.fleet import Arrival, FleetConfig, FleetResult, GatewayGate, simulate
+from computenet.engines.sim.fleet import (
+    Arrival,
+    Fleet,
+    FleetConfig,
+    FleetResult,
+    GatewayGate,
+    RequestRecord,
+    simulate,
+)
 from computenet.engines.sim.perf import PerfModel
 from computenet.engines.sim.routers import ROUTERS, ReplicaView, Router, make_router
 from computenet.engines.sim.scheduler import SimRequest
+from computenet.engines.sizing import DEFAULT_PER_REPLICA
 
 CATALOG = load_catalog()
 MODEL, GPU = CATALOG.model("llama-3.1-8b"), CATALOG.gpu("H100")
@@ -192,3 +202,39 @@ def test_a_router_that_refuses_gives_503_and_the_rest_still_run() -> None:
 def test_a_bad_gate_is_refused_with_its_fields() -> None:
     with pytest.raises(ValueError, match="max_in_flight >= 1"):
         GatewayGate(max_in_flight=0)
+    with pytest.raises(ValueError, match='max_in_flight >= 1 \\(or "auto"\\)'):
+        GatewayGate(max_in_flight="many")  # type: ignore[arg-type]
+
+
+def most_in_flight(records: Sequence[RequestRecord]) -> int:
+    changes = sorted(
+        [(r.routed_s, 1) for r in records if r.routed_s is not None]
+        + [(r.finish_s, -1) for r in records if r.finish_s is not None]
+    )  # at one instant a finish (-1) sorts before a start: its slot is free again
+    return max(itertools.accumulate(delta for _, delta in changes))
+
+
+def test_an_auto_gate_admits_what_each_replicas_kv_cache_holds() -> None:
+    """200 blocks of 16 tokens per replica over requests of 700 + 100 tokens: 4 each, 8 in all. Until
+    a request has finished there is no typical size: the default per replica holds."""
+    core = CoreConfig(num_gpu_blocks_override=200)
+    config = FleetConfig(replicas=2, core=core, gate=GatewayGate(max_in_flight="auto"))
+    fleet = Fleet(MODEL, GPU, config, make_router("least_outstanding"))
+    assert fleet.gate_capacity == 2 * DEFAULT_PER_REPLICA
+    warm = [Arrival(0.0, 700, 100, (i,)) for i in range(3)]
+    burst = [Arrival(100.0, 700, 100, (100 + i,)) for i in range(30)]
+    result = fleet.run([*warm, *burst])
+    assert fleet.gate_capacity == 2 * (200 * 16 // 800)
+    assert result.totals.completed == 33
+    later = result.records[3:]
+    assert sum(r.routed_s == r.arrival_s for r in later) == 8  # the rest waited at the gate for a slot
+    assert most_in_flight(later) == 8
+
+    fixed = simulate(
+        [*warm, *burst],
+        MODEL,
+        GPU,
+        FleetConfig(replicas=2, core=core, gate=GatewayGate(64)),
+        make_router("least_outstanding"),
+    )
+    assert most_in_flight(fixed.records[3:]) == 30  # a number admits the whole burst onto the engines
