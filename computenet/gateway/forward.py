@@ -152,6 +152,7 @@ class Forwarder:
         for backend in backends:
             pair = self._paired(backend)
             body: bytes | None = None  # a disaggregated request's decode leg, once its prefill leg ran
+            ex.routing.token_ids = None  # another backend may serve another model, with another tokenizer
             if pair is not None:
                 await self._tokenize(ex.routing, backend, pair.policy.prefill, pair.prefillers)
             else:
@@ -199,8 +200,7 @@ class Forwarder:
         """Ask the engine for the prompt's token ids when precise routing needs them and has a
         choice to make (see tokenize.py); for the sim, and without KV events, nothing to do."""
         if (
-            request.token_ids is not None
-            or self.state.kv is None
+            self.state.kv is None
             or len(candidates) < 2
             or candidates[0].engine not in TOKENIZED_BY_ENGINE
             or not policy.reads_kv
