@@ -27,6 +27,7 @@ import orjson
 
 from .metrics import GatewayMetrics
 from .registry import Upstream
+from .routing.hashers import prompt_form
 from .routing.pipeline import RoutingRequest
 from .upstream import UpstreamError, UpstreamPool
 
@@ -38,21 +39,14 @@ MAX_TOKENIZE_BODY = 16 * 1024 * 1024  # the ids of a very long prompt, with room
 
 def tokenize_body(content: Any, model: str) -> bytes | None:
     """vLLM's /tokenize request for a prompt as the client sent it; None when there is nothing to
-    tokenize (no prompt, or a batch of several)."""
-    if isinstance(content, list) and content and all(isinstance(m, dict) for m in content):
-        return orjson.dumps({"model": model, "messages": content, "add_generation_prompt": True})
-    if isinstance(content, list) and len(content) == 1 and isinstance(content[0], str):
-        content = content[0]  # a batch of one prompt
-    if isinstance(content, str) and content:
-        return orjson.dumps({"model": model, "prompt": content})
-    return None
-
-
-def token_ids_of(content: Any) -> list[int] | None:
-    """A prompt the client sent as token ids: nothing to ask an engine."""
-    if isinstance(content, list) and content and all(type(i) is int and i >= 0 for i in content):
-        return content
-    return None
+    ask (no prompt, a batch of several, or token ids already)."""
+    form = prompt_form(content)
+    if form is None or form[0] == "ids":
+        return None
+    kind, value = form
+    if kind == "chat":
+        return orjson.dumps({"model": model, "messages": value, "add_generation_prompt": True})
+    return orjson.dumps({"model": model, "prompt": value})
 
 
 class EngineTokenizer:
@@ -66,9 +60,9 @@ class EngineTokenizer:
 
     async def fill(self, request: RoutingRequest, candidates: Sequence[Upstream], backend: str) -> None:
         """Set the request's token ids if a replica tokenizes its prompt in time; leave them None if not."""
-        ids = token_ids_of(request.content)
-        if ids is not None:
-            request.token_ids = ids
+        form = prompt_form(request.content)
+        if form is not None and form[0] == "ids":  # sent as token ids: nothing to ask an engine
+            request.token_ids = form[1]
             return
         up = candidates[self._turn % len(candidates)]
         self._turn += 1

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..sizing import AUTO, MaxInFlight, TypicalRequest, kv_slots
+from ..sizing import AUTO, MaxInFlight, TypicalRequest, kv_slots, parse_max_in_flight
 from .catalog import GpuSpec, ModelArch
 from .core import CoreConfig, EngineCore, StepResult
 from .kvcache import segment_hashes
@@ -140,12 +140,17 @@ class GatewayGate:
     max_wait_s: float = 30.0
 
     def __post_init__(self) -> None:
-        per_replica = self.max_in_flight
-        fixed_ok = isinstance(per_replica, int) and not isinstance(per_replica, bool) and per_replica >= 1
-        if not (per_replica == AUTO or fixed_ok) or self.max_queue < 0 or self.max_wait_s <= 0:
+        try:
+            per_replica = parse_max_in_flight("GatewayGate.max_in_flight", self.max_in_flight)
+        except ValueError:
             raise ValueError(
-                'GatewayGate needs max_in_flight >= 1 (or "auto"), max_queue >= 0 and max_wait_s > 0; got '
-                f"{per_replica!r}, {self.max_queue} and {self.max_wait_s}"
+                f'GatewayGate needs max_in_flight >= 1 (or "auto"), got {self.max_in_flight!r}'
+            ) from None
+        object.__setattr__(self, "max_in_flight", per_replica)  # "AUTO " read as "auto"
+        if self.max_queue < 0 or self.max_wait_s <= 0:
+            raise ValueError(
+                "GatewayGate needs max_queue >= 0 and max_wait_s > 0; got "
+                f"{self.max_queue} and {self.max_wait_s}"
             )
 
 

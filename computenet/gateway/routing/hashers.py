@@ -19,7 +19,7 @@ from an engine are hashed in pieces the same way.
 from __future__ import annotations
 
 from collections.abc import Container, Hashable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from computenet.engines.sim.kvcache import BLOCK_SIZE, ROOT_HASH, chain_hashes
 from computenet.engines.sim.tokens import chat_token_pieces, encode_pieces
@@ -80,19 +80,37 @@ def _token_pieces(ids: Sequence[int]) -> Iterator[tuple[list[int], int]]:
         yield piece, len(piece)
 
 
-def _sim_pieces(content: Any) -> tuple[Iterator[tuple[list[int], int]], int] | None:
-    """The sim's token ids of a prompt in pieces, and its characters of text; None for a prompt
-    the sim would refuse (nothing to match)."""
+PromptForm = tuple[Literal["chat", "text", "ids"], Any]
+
+
+def prompt_form(content: Any) -> PromptForm | None:
+    """What a request's `messages` or `prompt` is: chat messages, one text (a batch of one text
+    counts as one) or token ids; None when there is nothing to match (no prompt, a blank one, a
+    batch of several)."""
     if isinstance(content, list) and content and all(isinstance(m, dict) for m in content):
-        messages = [(str(m.get("role", "")), _text(m.get("content"))) for m in content]
-        return chat_token_pieces(messages), sum(len(text) for _, text in messages)
+        return "chat", content
     if isinstance(content, list) and len(content) == 1 and isinstance(content[0], str):
         content = content[0]  # a batch of one prompt
     if isinstance(content, str):
-        return (encode_pieces(content), len(content)) if content.strip() else None
+        return ("text", content) if content.strip() else None
     if isinstance(content, list) and content and all(type(i) is int and i >= 0 for i in content):
-        return iter([(content, len(content))]), len(content)  # token ids: one "character" each
+        return "ids", content
     return None
+
+
+def _sim_pieces(content: Any) -> tuple[Iterator[tuple[list[int], int]], int] | None:
+    """The sim's token ids of a prompt in pieces, and its characters of text; None for a prompt
+    the sim would refuse (nothing to match)."""
+    form = prompt_form(content)
+    if form is None:
+        return None
+    kind, value = form
+    if kind == "chat":
+        messages = [(str(m.get("role", "")), _text(m.get("content"))) for m in value]
+        return chat_token_pieces(messages), sum(len(text) for _, text in messages)
+    if kind == "text":
+        return encode_pieces(value), len(value)
+    return iter([(value, len(value))]), len(value)  # token ids: one "character" each
 
 
 def _text(content: Any) -> str:

@@ -271,11 +271,12 @@ class KVEventSubscriber:
         feed.applied = seq
         try:
             events = batch_events(msgpack.unpackb(payload))
-            if feed.keys is not None:
+            if feed.keys is None:
+                self.index.apply(feed.replica, events)
+            else:
                 unkeyed = feed.keys.unkeyed
-                events = feed.keys.translate(events)
+                self.index.apply_ops(feed.replica, feed.keys.translate(events))
                 feed.stats.unkeyed_blocks += feed.keys.unkeyed - unkeyed
-            self.index.apply(feed.replica, events)
         except ValueError as exc:  # msgpack's errors are ValueErrors too
             feed.stats.decode_errors += 1
             log.warning("KV events of %s: batch %d unreadable, entries dropped: %s", feed.replica, seq, exc)

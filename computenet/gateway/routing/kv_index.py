@@ -101,7 +101,10 @@ class KVBlockIndex:
         blocks offloaded to CPU or disk tiers cost a transfer to reuse, so scoring them
         like GPU hits would over-rate a replica. They are skipped until routing weighs tiers.
         """
-        ops = [parsed for event in events if (parsed := parse_event(event)) is not None]
+        self.apply_ops(replica, [parsed for event in events if (parsed := parse_event(event)) is not None])
+
+    def apply_ops(self, replica: str, ops: Iterable[tuple[Op, Sequence[Hashable]]]) -> None:
+        """Apply events already parsed (`parse_event`), or re-keyed (`EngineKeys.translate`)."""
         holdings = self._holdings(replica)
         for op, hashes in ops:
             if op == "store":

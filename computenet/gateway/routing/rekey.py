@@ -26,17 +26,18 @@ Pure, no I/O: `KVEventSubscriber` runs one `EngineKeys` per replica that needs i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from computenet.engines.sim.kvcache import BLOCK_SIZE, ROOT_HASH, chain_hashes
 
-from .kv_index import MEDIUM_GPU
+from .kv_index import Op, parse_event
 
-# Field positions in vLLM's array-like `BlockStored`, the tag at 0 (see kv_index.py).
-_HASHES, _PARENT, _TOKENS, _BLOCK_SIZE, _MEDIUM, _LORA_NAME = 1, 2, 3, 4, 6, 7
-_STORED_FIELDS = ("block_hashes", "parent_block_hash", "token_ids", "block_size", "medium", "lora_name")
+# What re-keying reads of a `BlockStored` beyond its hashes: positions in vLLM's array-like struct
+# (the tag at 0, see kv_index.py), and names in a tagged map.
+_STORED_AT = (2, 3, 4, 7)
+_STORED_FIELDS = ("parent_block_hash", "token_ids", "block_size", "lora_name")
 
 
 def adapter_root(adapter: str | None) -> int:
@@ -66,28 +67,29 @@ class EngineKeys:
         """The replica's cache was reset, or its events can no longer be trusted."""
         self._keyed.clear()
 
-    def translate(self, events: Iterable[Any]) -> list[dict[str, Any]]:
-        """The events as `KVBlockIndex.apply` takes them, with the gateway's keys; ValueError, and no
-        change, if one is malformed."""
-        parsed = [_parse(event) for event in events]
-        out: list[dict[str, Any]] = []
-        for kind, fields in parsed:
-            if kind == "BlockStored":
-                keys = self._store(*fields)
-                if keys:
-                    out.append({"type": "BlockStored", "block_hashes": keys})
-            elif kind == "BlockRemoved":
-                keys = self._remove(fields[0])
-                if keys:
-                    out.append({"type": "BlockRemoved", "block_hashes": keys})
-            elif kind == "AllBlocksCleared":
+    def translate(self, events: Iterable[Any]) -> list[tuple[Op, Sequence[Hashable]]]:
+        """The events as `KVBlockIndex.apply_ops` takes them, with the gateway's keys; ValueError,
+        and no change, if one is malformed."""
+        parsed = []
+        for event in events:
+            found = parse_event(event)  # checks the hashes, skips other tiers and unknown kinds
+            if found is not None:
+                op, hashes = found
+                parsed.append((op, hashes, _stored_fields(event, len(hashes)) if op == "store" else None))
+        ops: list[tuple[Op, Sequence[Hashable]]] = []
+        for op, hashes, stored in parsed:
+            if op == "clear":
                 self._keyed.clear()
-                out.append({"type": "AllBlocksCleared"})
-        return out
+                ops.append((op, ()))
+                continue
+            keys = self._store(hashes, *stored) if stored is not None else self._remove(hashes)
+            if keys:
+                ops.append((op, keys))
+        return ops
 
     def _store(
         self,
-        hashes: list[Hashable],
+        hashes: Sequence[Hashable],
         parent: Hashable | None,
         tokens: list[int],
         size: int,
@@ -115,7 +117,7 @@ class EngineKeys:
                 found.copies += 1
         return keys
 
-    def _remove(self, hashes: list[Hashable]) -> list[int]:
+    def _remove(self, hashes: Sequence[Hashable]) -> list[int]:
         keys: list[int] = []
         for engine_hash in hashes:
             found = self._keyed.get(engine_hash)
@@ -128,50 +130,21 @@ class EngineKeys:
         return keys
 
 
-def _parse(event: Any) -> tuple[str | None, tuple[Any, ...]]:
-    """(tag, fields) of one decoded event; tag None for events that do not touch GPU blocks."""
-    if isinstance(event, list | tuple) and event:
-        tag = event[0]
-        if tag == "BlockStored":
-            values = [event[i] if len(event) > i else None for i in (_HASHES, _PARENT, _TOKENS, _BLOCK_SIZE)]
-            values += [event[_MEDIUM] if len(event) > _MEDIUM else None]
-            values += [event[_LORA_NAME] if len(event) > _LORA_NAME else None]
-        elif tag == "BlockRemoved":
-            values = [event[1] if len(event) > 1 else None, event[2] if len(event) > 2 else None]
-        else:
-            values = []
-    elif isinstance(event, dict):
-        tag = event.get("type")
-        names = _STORED_FIELDS if tag == "BlockStored" else ("block_hashes", "medium")
-        values = [event.get(name) for name in names]
+def _stored_fields(event: Any, blocks: int) -> tuple[Hashable | None, list[int], int, str | None]:
+    """A `BlockStored`'s parent hash, token ids, block size and LoRA adapter name, checked (its
+    hashes and medium `parse_event` has checked already)."""
+    if isinstance(event, dict):
+        parent, tokens, size, adapter = (event.get(name) for name in _STORED_FIELDS)
     else:
-        raise ValueError(f"a KV event is a tagged array or map, got {type(event).__name__}")
-    if tag == "AllBlocksCleared":
-        return tag, ()
-    if tag not in ("BlockStored", "BlockRemoved"):
-        return None, ()  # an event kind we do not know: nothing to act on
-    hashes, medium = values[0], values[-1] if tag == "BlockRemoved" else values[4]
-    if not isinstance(hashes, list | tuple):
-        raise ValueError(f"{tag}.block_hashes must be an array, got {type(hashes).__name__}")
-    if medium is not None and (not isinstance(medium, str) or medium.upper() != MEDIUM_GPU):
-        return None, ()
-    try:
-        hash(tuple(hashes))
-    except TypeError as exc:
-        raise ValueError(f"{tag}.block_hashes holds an unhashable value: {exc}") from None
-    if tag == "BlockRemoved":
-        return tag, (list(hashes),)
-    _, parent, tokens, size, _, adapter = values
+        parent, tokens, size, adapter = (event[i] if len(event) > i else None for i in _STORED_AT)
     if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
         raise ValueError(f"BlockStored.block_size must be a positive integer, got {size!r}")
     if not isinstance(tokens, list | tuple) or not all(type(t) is int for t in tokens):
         raise ValueError("BlockStored.token_ids must be an array of integers")
-    if len(tokens) != len(hashes) * size:
-        raise ValueError(
-            f"BlockStored carries {len(tokens)} token ids for {len(hashes)} blocks of {size} tokens"
-        )
+    if len(tokens) != blocks * size:
+        raise ValueError(f"BlockStored carries {len(tokens)} token ids for {blocks} blocks of {size} tokens")
     try:
         hash(parent)
     except TypeError:
         raise ValueError("BlockStored.parent_block_hash is unhashable") from None
-    return tag, (list(hashes), parent, list(tokens), size, adapter if isinstance(adapter, str) else None)
+    return parent, list(tokens), size, adapter if isinstance(adapter, str) else None

@@ -91,7 +91,7 @@ class SignalBoard:
         """Whether LoRA affinity could tell endpoints apart for `model`: some replica runs it as an
         adapter, or some replica has no adapter slot free. Counted as scrapes arrive, so a fleet
         where neither holds (nearly every request) is told in one lookup, not a pass over 64."""
-        return self._lora_full > 0 or self._adapters[model] > 0
+        return self._lora_full > 0 or self.serves_adapter(model)
 
     def serves_adapter(self, model: str) -> bool:
         """Whether some scraped replica has a LoRA adapter of this name loaded."""

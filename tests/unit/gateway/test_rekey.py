@@ -39,7 +39,7 @@ class Replica:
         self.index, self.name, self.keys = index, name, EngineKeys()
 
     def send(self, *events: Any) -> None:
-        self.index.apply(self.name, self.keys.translate(events))
+        self.index.apply_ops(self.name, self.keys.translate(events))
 
 
 def held(index: KVBlockIndex, tokens: list[int], adapter: str | None = None) -> dict[str, int]:
