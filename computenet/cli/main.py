@@ -70,13 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("version", help="print client and server versions")
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
-    from . import bench, gateway, simulate
+    from . import bench, gateway, sched, simulate
 
     keys.add_commands(add, common)
     usage.add_commands(add)
     gateway.add_commands(add)
     bench.add_commands(add)
     simulate.add_commands(add)
+    sched.add_commands(add)
     return parser
 
 

@@ -40,6 +40,8 @@ class FgdScorer:
 
     workload: TargetWorkload
     quantized: bool = False
+    bucket_milli: float = 0.0
+    """When > 0, Deltas within one bucket of this many milli-GPU score alike (see `utilization`)."""
     name: str = "fgd"
     _shapes: dict[tuple[object, ...], _ShapeCache] = field(default_factory=dict)
 
@@ -50,6 +52,8 @@ class FgdScorer:
         delta = self.deltas(state, req, nodes)
         if self.quantized:
             return np.floor(100.0 / (1.0 + np.exp(delta / MILLI_PER_GPU)))
+        if self.bucket_milli > 0:
+            return np.floor(-delta / self.bucket_milli)
         return -delta
 
     def choose(

@@ -71,12 +71,16 @@ def _fgd(workload: TargetWorkload) -> Policy:
 
 
 def _utilization(workload: TargetWorkload) -> Policy:
-    fgd = FgdScorer(workload)
+    # Quantised FGD, not exact: chasing every milli of Delta spreads pods over nodes whose Deltas differ
+    # by noise (10.4 % unallocated on the default trace against 4.9 % quantised). Within one band of
+    # Delta the tightest fit wins, so pods pack instead of landing on the first node in the list.
+    fgd = FgdScorer(workload, quantized=True)
     return Policy(
         "utilization",
         default_filters(),
-        ((fgd, 1.0), (BestFitScorer(), 1e-3), (TopologyScorer(), 1e-5)),
+        ((fgd, 1.0), (BestFitScorer(), 1e-3), (TopologyScorer(), 1e-6)),
         fgd,
+        "first",
     )
 
 

@@ -29,6 +29,7 @@ class ReplayResult:
     policy: str
     seed: int
     capacity_milli: int
+    state_names: list[str]
     pods: list[Request]
     placements: list[Placement | None]
     arrived_milli: FloatArray
@@ -92,6 +93,7 @@ def replay(
         policy,
         seed,
         state.gpu_capacity_milli,
+        state.names,
         arrivals,
         placements,
         arrived,
