@@ -146,7 +146,7 @@ def trace_nodes(rows: Sequence[Mapping[str, str]], *, pool: str = "openb") -> In
                     pool=pool,
                 )
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:  # TypeError: a short row
             raise InventoryError(
                 f"node list line {line}: {exc!r}; expected sn,cpu_milli,memory_mib,gpu,model"
             ) from None

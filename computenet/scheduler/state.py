@@ -102,12 +102,20 @@ class ClusterState:
 
     def bind(self, placement: Placement) -> None:
         req, node = placement.request, placement.node
+        if not 0 <= node < self.node_count:
+            raise CapacityError(f"{req.name}: no node {node} in a cluster of {self.node_count}")
         if req.name in self.placements:
             raise CapacityError(
                 f"{req.name} is already bound to {self.names[self.placements[req.name].node]}"
             )
         if len(placement.gpus) != req.num_gpu:
             raise CapacityError(f"{req.name} needs {req.num_gpu} GPUs, placement names {placement.gpus}")
+        if len(set(placement.gpus)) != len(placement.gpus) or not all(
+            0 <= gpu < self.gpu_count[node] for gpu in placement.gpus
+        ):
+            raise CapacityError(
+                f"{req.name}: GPUs {placement.gpus} are not distinct GPUs of {self.names[node]}"
+            )
         if self.cpu_free[node] < req.cpu_milli or self.mem_free[node] < req.memory_mib:
             raise CapacityError(f"{req.name} does not fit the CPU or memory left on {self.names[node]}")
         for gpu in placement.gpus:

@@ -30,9 +30,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """CSV rows of a plain or gzipped (`.gz`) file."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except OSError as exc:
-        raise TraceError(f"{path}: {exc.strerror or exc}") from None
-    return list(csv.DictReader(io.StringIO(raw.decode())))
+        text = raw.decode()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return list(csv.DictReader(io.StringIO(text)))
 
 
 def load_nodes(path: Path) -> Inventory:
@@ -50,7 +51,7 @@ def load_pods(path: Path) -> list[Request]:
     for line, row in enumerate(rows, start=2):
         try:
             pods.append(pod_request(row))
-        except (KeyError, ValueError, RequestError) as exc:
+        except (KeyError, TypeError, ValueError, RequestError) as exc:  # TypeError: a short row
             raise TraceError(f"{path}: line {line}: {exc}") from None
     return pods
 
@@ -84,7 +85,7 @@ def protocol_workload(
     order = [base[i] for i in rng.permutation(len(base))]
     target = inflate * capacity_milli
     demand = sum(p.gpu_demand_milli for p in order)
-    if demand < target:
+    if demand < target and any(p.gpu_demand_milli for p in base):  # else no draw could ever reach it
         copies: dict[str, int] = {}
         while True:
             source = base[int(rng.integers(len(base)))]
