@@ -1,7 +1,9 @@
 """Spread constraints: replicas of one deployment across nodes, zones or regions (max skew).
 
 As Kubernetes' PodTopologySpread with `whenUnsatisfiable: DoNotSchedule`: a replica may go to a domain
-only if afterwards that domain holds at most `max_skew` more replicas than the emptiest healthy domain.
+only if afterwards that domain holds at most `max_skew` more replicas than the emptiest eligible domain.
+A domain is eligible when it has a healthy node in the request's pools and GPU models: like Kubernetes'
+default `nodeAffinityPolicy: Honor`, domains the request may never use do not hold the minimum down.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .filters import GpuTypeFilter, PoolFilter
 from .framework import FloatArray, IndexArray
 from .request import Request, SpreadKey
 from .state import BoolArray, ClusterState, IntArray
@@ -39,7 +42,8 @@ class SpreadFilter:
         if req.spread is None or not req.deployment:
             return np.ones(state.node_count, dtype=bool)
         ids, counts = domain_counts(state, req, req.spread.key)
-        live = np.unique(ids[state.node_healthy])
+        selected = PoolFilter().feasible(state, req) & GpuTypeFilter().feasible(state, req)
+        live = np.unique(ids[state.node_healthy & selected])
         floor = counts[live].min() if live.size else 0
         return counts[ids] + 1 - floor <= req.spread.max_skew
 

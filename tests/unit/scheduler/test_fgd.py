@@ -150,10 +150,10 @@ def test_cached_deltas_match_a_fresh_scorer_after_every_change() -> None:
             assert cached.deltas(state, probe, nodes).tolist() == pytest.approx(
                 fresh.deltas(state, probe, nodes).tolist()
             ), (step, probe.name)
-            for i in nodes if probe.is_share else ():
+            for n in nodes.tolist() if probe.is_share else []:
                 rng_ = np.random.default_rng(0)
-                assert cached.choose(state, probe, int(i), rng_) == fresh.choose(state, probe, int(i), rng_)
-            checked += nodes.size
+                assert cached.choose(state, probe, n, rng_) == fresh.choose(state, probe, n, rng_)
+            checked += int(nodes.size)
     assert checked > 100 and state.gpu_allocated_milli > 0
 
 

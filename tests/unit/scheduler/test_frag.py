@@ -92,9 +92,8 @@ def test_frag_evaluates_many_node_states_at_once() -> None:
     )
     one_by_one = [f_n(classes, gpus, cpu, model) for gpus, cpu, model in states]
     assert together.tolist() == pytest.approx(one_by_one)
-    assert one_by_one[3] == pytest.approx(
-        0.4 * 300 + 0.3 * 1900 + 0.3 * 1900
-    )  # one free GPU: 2-GPU class fails
+    # one free GPU: the 2-GPU class fails there
+    assert one_by_one[3] == pytest.approx(0.4 * 300 + 0.3 * 1900 + 0.3 * 1900)
 
 
 # ---- typical pods (section 4.1) ------------------------------------------------------------------------

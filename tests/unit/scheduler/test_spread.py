@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from computenet.scheduler.request import Request, Spread, SpreadKey
 from computenet.scheduler.scorers import BinpackScorer
@@ -114,3 +115,36 @@ def test_unbinding_a_replica_frees_its_domain() -> None:
     assert passing(state, SpreadFilter(), replica(1)) == {"b"}
     state.unbind("web-0")
     assert passing(state, SpreadFilter(), replica(1)) == {"a", "b"}
+
+
+def test_zones_without_the_requested_gpu_model_do_not_hold_the_floor_down() -> None:
+    # as Kubernetes' default nodeAffinityPolicy: Honor: only nodes matching the request's node selectors
+    # (its GPU models, its pools) count for the skew
+    state = cluster(
+        node("t4", 4, gpu_type="T4", zone="a"),
+        node("b1", 4, gpu_type="A100", zone="b"),
+        node("c1", 4, gpu_type="A100", zone="c"),
+    )
+    sched = scheduler(state, BinpackScorer())
+    for i in range(6):
+        req = whole(f"web-{i}", 1, types={"A100"}, deployment="web", spread=Spread("zone", 1))
+        assert sched.place(req).placement is not None, i
+        counts = per(state, "zone")
+        assert abs(counts["b"] - counts["c"]) <= 1
+    assert per(state, "zone") == {"b": 3, "c": 3}
+
+
+def test_nodes_outside_the_requested_pools_do_not_hold_the_floor_down() -> None:
+    state = cluster(
+        node("onprem", 4, zone="a"),
+        node("c1", 4, zone="b", pool="cloud"),
+        node("c2", 4, zone="b", pool="cloud"),
+    )
+    api = Request("api-0", num_gpu=1, gpu_milli=1000, pools=frozenset({"cloud"}), deployment="api")
+    by_node = replace(api, spread=Spread("node", 1))
+    bind(state, by_node, "c1", [0])
+    assert passing(state, SpreadFilter(), replace(by_node, name="api-1")) == {"onprem", "c2"}
+    bind(state, replace(by_node, name="api-1"), "c2", [0])
+    assert passing(state, SpreadFilter(), replace(by_node, name="api-2")) == {"onprem", "c1", "c2"}
+    by_zone = replace(api, name="api-2", spread=Spread("zone", 1))
+    assert passing(state, SpreadFilter(), by_zone) == {"onprem", "c1", "c2"}  # zone a is no domain of api's

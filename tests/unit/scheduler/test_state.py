@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from computenet.scheduler.inventory import Gpu, Inventory, InventoryError, Node, PoolInventory
@@ -16,24 +15,12 @@ ARRAYS = ("cpu_free", "mem_free", "gpu_alloc", "gpu_mem_alloc", "gpu_free", "gpu
 
 
 def snapshot(state: ClusterState) -> dict[str, object]:
-    out: dict[str, object] = {name: getattr(state, name).copy() for name in ARRAYS}
-    out["replicas"] = {k: v.copy() for k, v in state.replicas.items() if v.any()}
+    """Everything bind and unbind change (but versions), as plain comparable values."""
+    out: dict[str, object] = {name: getattr(state, name).tolist() for name in ARRAYS}
+    out["replicas"] = {k: v.tolist() for k, v in state.replicas.items() if v.any()}
     out["placements"] = dict(state.placements)
     out["node_pods"] = [set(p) for p in state.node_pods]
     return out
-
-
-def assert_same(a: dict[str, object], b: dict[str, object]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], np.ndarray):
-            np.testing.assert_array_equal(a[key], b[key], err_msg=key)  # type: ignore[arg-type]
-        elif key == "replicas":
-            assert a[key].keys() == b[key].keys()  # type: ignore[attr-defined]
-            for name in a[key]:  # type: ignore[attr-defined]
-                np.testing.assert_array_equal(a[key][name], b[key][name])  # type: ignore[index]
-        else:
-            assert a[key] == b[key], key
 
 
 def _state() -> ClusterState:
@@ -71,10 +58,10 @@ def test_bind_then_unbind_restores_every_array_exactly() -> None:
     state.unbind("w1")
     bind(state, share("s2", 750, gpu_mem=35_000), "a", [0])
     bind(state, whole("w1", 2, cpu=3000, deployment="web"), "a", [1, 3])
-    assert_same(snapshot(state), middle)
+    assert snapshot(state) == middle
     for name in ("c1", "s1", "w2", "w1", "s2"):
         assert state.unbind(name).request.name == name
-    assert_same(snapshot(state), before)
+    assert snapshot(state) == before
     assert (state.version > version).all()
 
 
@@ -104,20 +91,20 @@ def test_bind_that_overdraws_raises_and_changes_nothing(req: Request, where: str
     before = snapshot(state)
     with pytest.raises(CapacityError):
         bind(state, req, where, gpus)
-    assert_same(snapshot(state), before)
+    assert snapshot(state) == before
 
 
 def test_bind_refuses_a_name_already_bound() -> None:
     state = _state()
     bind(state, share("s", 100), "a", [0])
-    with pytest.raises(CapacityError, match=r"already bound to a"):
+    with pytest.raises(CapacityError, match="already bound to a"):
         bind(state, share("s", 100), "b", [0])
 
 
 def test_bind_refuses_a_node_outside_the_cluster() -> None:
     state = _state()
     for index in (2, -1):
-        with pytest.raises(CapacityError, match=r"no node"):
+        with pytest.raises(CapacityError, match="no node"):
             state.bind(Placement(cpu_pod("c"), index))
     assert not state.placements and state.cpu_free.tolist() == [16_000, 8000]
 
@@ -191,13 +178,13 @@ def test_type_mask_and_pool_labels() -> None:
 
 
 def test_inventory_rejects_what_cannot_be_scheduled_onto() -> None:
-    with pytest.raises(InventoryError, match=r"'a' appears twice"):
+    with pytest.raises(InventoryError, match="'a' appears twice"):
         Inventory((node("a"), node("a")))
-    with pytest.raises(InventoryError, match=r"mixes GPU models"):
+    with pytest.raises(InventoryError, match="mixes GPU models"):
         Inventory((Node("m", 1, 1, (Gpu(0, "A100"), Gpu(1, "T4"))),))
-    with pytest.raises(InventoryError, match=r"GPU indices must be 0..1"):
+    with pytest.raises(InventoryError, match=r"GPU indices must be 0\.\.1"):
         Inventory((Node("i", 1, 1, (Gpu(0, "A100"), Gpu(2, "A100"))),))
-    with pytest.raises(InventoryError, match=r"must be >= 0"):
+    with pytest.raises(InventoryError, match="must be >= 0"):
         Inventory((Node("n", -1, 1),))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -139,27 +140,27 @@ def test_load_pods_maps_rows_as_the_artifact_converter_does(tmp_path: Path) -> N
 def test_load_pods_names_file_and_line_of_a_bad_row(tmp_path: Path, row: str, message: str) -> None:
     path = tmp_path / "pods.csv"
     path.write_text(POD_HEADER + "p0,1000,100,1,500,,LS\n" + row + "\n" + "p2,1000,100,1,500,,LS\n")
-    with pytest.raises(TraceError, match=f"pods.csv: line 3: .*{message}"):
+    with pytest.raises(TraceError, match=rf"pods\.csv: line 3: .*{re.escape(message)}"):
         load_pods(path)
 
 
 def test_load_pods_names_missing_columns(tmp_path: Path) -> None:
     path = tmp_path / "pods.csv"
     path.write_text("name,cpu_milli,memory_mib\np0,1,1\n")
-    with pytest.raises(TraceError, match=r"pods.csv: missing columns \['num_gpu', 'gpu_milli'\]"):
+    with pytest.raises(TraceError, match=r"pods\.csv: missing columns \['num_gpu', 'gpu_milli'\]"):
         load_pods(path)
 
 
 def test_unreadable_trace_files_raise_trace_errors(tmp_path: Path) -> None:
-    with pytest.raises(TraceError, match=r"nope.csv"):
+    with pytest.raises(TraceError, match=re.escape("nope.csv")):
         load_pods(tmp_path / "nope.csv")
     binary = tmp_path / "binary.csv"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(TraceError, match=r"binary.csv"):
+    with pytest.raises(TraceError, match=re.escape("binary.csv")):
         load_pods(binary)
     fake = tmp_path / "fake.csv.gz"
     fake.write_text("not gzip")
-    with pytest.raises(TraceError, match=r"fake.csv.gz"):
+    with pytest.raises(TraceError, match=re.escape("fake.csv.gz")):
         load_nodes(fake)
 
 
@@ -179,20 +180,25 @@ def test_load_nodes_builds_one_island_per_node(tmp_path: Path) -> None:
     assert inventory.gpu_count == 10 and inventory.nodes[1].cpu_milli == 96000
 
 
-@pytest.mark.parametrize("row", ["n1,64000,262144,two,P100", "n1,64000", "n0,64000,262144,2,P100"])
-def test_load_nodes_names_file_and_line_of_a_bad_row(tmp_path: Path, row: str) -> None:
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("n1,64000,262144,two,P100", "node list line 3: ValueError"),
+        ("n1,64000", "node list line 3: TypeError"),  # a short row
+        ("n0,64000,262144,2,P100", "node 'n0' appears twice"),
+    ],
+)
+def test_load_nodes_names_file_and_line_of_a_bad_row(tmp_path: Path, row: str, message: str) -> None:
     path = tmp_path / "nodes.csv"
     path.write_text(NODE_HEADER + "n0,64000,262144,2,P100\n" + row + "\n")
-    with pytest.raises(TraceError, match=r"nodes.csv: ") as caught:
+    with pytest.raises(TraceError, match=re.escape(f"nodes.csv: {message}")):
         load_nodes(path)
-    # a bad value names its line; a duplicate name names the node
-    assert "line 3" in str(caught.value) or "'n0' appears twice" in str(caught.value)
 
 
 # ---- replay ---------------------------------------------------------------------------------------------
 
 
-def _result(arrived: list[float], allocated: list[float], capacity: int = 1000) -> ReplayResult:
+def _result(arrived: Sequence[float], allocated: Sequence[float], capacity: int = 1000) -> ReplayResult:
     n = len(arrived)
     return ReplayResult(
         "test",
