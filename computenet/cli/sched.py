@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .traceargs import error
+
+if TYPE_CHECKING:
+    from computenet.scheduler.replay import ReplayResult
 
 REPORT_PERCENTS = (80, 90, 95, 100)
 
@@ -58,6 +60,8 @@ def run_replay(args: argparse.Namespace) -> int:
         return error(str(exc), 2)
     if not inventory.gpu_count:
         return error(f"--nodes {args.nodes}: no node has a GPU", 2)
+    if not pods:
+        return error(f"--pods {args.pods}: no pods (a header line and no rows)", 2)
     started = time.perf_counter()
     result = replay(inventory, pods, args.policy, seed=args.seed, inflate=args.inflate)
     wall_s = time.perf_counter() - started
@@ -75,7 +79,7 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_placements(result: Any, out: TextIO) -> None:
+def _write_placements(result: ReplayResult, out: TextIO) -> None:
     names = result.state_names
     for pod, placement in zip(result.pods, result.placements, strict=True):
         line = {
@@ -90,7 +94,7 @@ def _write_placements(result: Any, out: TextIO) -> None:
         out.write(json.dumps(line) + "\n")
 
 
-def _summary(result: Any, wall_s: float) -> dict[str, Any]:
+def _summary(result: ReplayResult, wall_s: float) -> dict[str, Any]:
     unallocated = result.curve("unallocated")
     frag_rate = result.curve("frag_rate")
     decisions_ms = sorted(1000 * float(s) for s in result.decision_s)
@@ -127,4 +131,4 @@ def _print_summary(summary: dict[str, Any]) -> None:
                 f"{summary['frag_rate_pct'][key]:>12.2f}"
             )
     ms = summary["decision_ms"]
-    print(f"decision time per pod: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms", file=sys.stdout)
+    print(f"decision time per pod: p50 {ms['p50']:.2f} ms, p99 {ms['p99']:.2f} ms")

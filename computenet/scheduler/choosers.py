@@ -5,10 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .filters import fitting_gpus
 from .request import Request
 from .state import ClusterState
+
+
+def fitting_on(state: ClusterState, req: Request, node: int) -> NDArray[np.intp]:
+    """Indices of the GPUs on `node` that could hold (their part of) `req`."""
+    return np.flatnonzero(fitting_gpus(state, req, np.array([node]))[0])
 
 
 def whole_gpus(state: ClusterState, req: Request, node: int) -> tuple[int, ...]:
@@ -17,7 +23,7 @@ def whole_gpus(state: ClusterState, req: Request, node: int) -> tuple[int, ...]:
     Among islands that can hold the request it takes the one with the fewest free GPUs, so that larger
     islands stay whole for larger requests.
     """
-    free = np.flatnonzero(fitting_gpus(state, req)[node])
+    free = fitting_on(state, req, node)
     if req.same_island and req.num_gpu > 1:
         islands = state.island[node, free]
         sizes = {int(i): int((islands == i).sum()) for i in np.unique(islands)}
@@ -36,9 +42,8 @@ class BestFitChooser:
     ) -> tuple[int, ...]:
         if not req.is_share:
             return whole_gpus(state, req, node)
-        fits = np.flatnonzero(fitting_gpus(state, req)[node])
-        free = state.gpu_free[node, fits]
-        return (int(fits[np.argmin(free)]),)
+        fits = fitting_on(state, req, node)
+        return (int(fits[np.argmin(state.gpu_free[node, fits])]),)
 
 
 @dataclass(frozen=True)
@@ -50,5 +55,5 @@ class RandomChooser:
     ) -> tuple[int, ...]:
         if not req.is_share:
             return whole_gpus(state, req, node)
-        fits = np.flatnonzero(fitting_gpus(state, req)[node])
+        fits = fitting_on(state, req, node)
         return (int(fits[rng.integers(fits.size)]),)

@@ -40,10 +40,11 @@ import numpy as np
 
 from .filters import GpuTypeFilter, HealthFilter, PoolFilter, TaintFilter
 from .framework import Scheduler
-from .gang import Trial, gang_order
+from .gang import gang_order
 from .inventory import MILLI_PER_GPU
 from .request import Placement, Request
 from .state import BoolArray, ClusterState
+from .trial import Trial
 
 Movable = Callable[[Placement], bool]
 

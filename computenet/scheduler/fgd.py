@@ -40,8 +40,6 @@ class FgdScorer:
 
     workload: TargetWorkload
     quantized: bool = False
-    bucket_milli: float = 0.0
-    """When > 0, Deltas within one bucket of this many milli-GPU score alike (see `utilization`)."""
     name: str = "fgd"
     _shapes: dict[tuple[object, ...], _ShapeCache] = field(default_factory=dict)
 
@@ -52,8 +50,6 @@ class FgdScorer:
         delta = self.deltas(state, req, nodes)
         if self.quantized:
             return np.floor(100.0 / (1.0 + np.exp(delta / MILLI_PER_GPU)))
-        if self.bucket_milli > 0:
-            return np.floor(-delta / self.bucket_milli)
         return -delta
 
     def choose(
@@ -97,7 +93,7 @@ class FgdScorer:
     ) -> tuple[FloatArray, IntArray]:
         """Per node: the least F after the share, over the distinct GPUs it fits, and that GPU."""
         gpu = state.gpu_free[nodes]
-        fits = fitting_gpus(state, req)[nodes]
+        fits = fitting_gpus(state, req, nodes)
         width = gpu.shape[1]
         same = (gpu[:, :, None] == gpu[:, None, :]) & fits[:, None, :]
         earlier = np.tril(np.ones((width, width), dtype=bool), k=-1)

@@ -5,17 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .inventory import MILLI_PER_GPU
 from .request import Request
 from .state import BoolArray, ClusterState
 
 
-def fitting_gpus(state: ClusterState, req: Request) -> BoolArray:
-    """Per node and GPU: could this GPU hold (its part of) `req`."""
+def fitting_gpus(
+    state: ClusterState, req: Request, rows: slice | NDArray[np.intp] = slice(None)
+) -> BoolArray:
+    """Per node (of `rows`, default all) and GPU: could this GPU hold (its part of) `req`."""
     if req.is_share:
-        return (state.gpu_free >= req.gpu_milli) & (state.gpu_mem_free >= req.gpu_memory_mib)
-    return (state.gpu_free == MILLI_PER_GPU) & (state.gpu_mem_cap >= req.gpu_memory_mib)
+        return (state.gpu_free[rows] >= req.gpu_milli) & (state.gpu_mem_free[rows] >= req.gpu_memory_mib)
+    return (state.gpu_free[rows] == MILLI_PER_GPU) & (state.gpu_mem_cap[rows] >= req.gpu_memory_mib)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class GpuChooser(Protocol):
         ...
 
 
-TieBreak = Literal["random", "first", "last"]
+TieBreak = Literal["random", "first"]
 
 
 @dataclass
@@ -57,7 +57,6 @@ class Policy:
     scorers: tuple[tuple[Scorer, float], ...]
     chooser: GpuChooser
     tie_break: TieBreak = "random"
-    describe: str = ""
 
 
 @dataclass
@@ -114,8 +113,6 @@ class Scheduler:
         for scorer, weight in self.policy.scorers:
             total += weight * scorer.score(self.state, req, nodes)
         best = np.flatnonzero(total == total.max())
-        if self.policy.tie_break == "last":
-            return int(nodes[best[-1]])
         if best.size == 1 or self.policy.tie_break == "first":
             return int(nodes[best[0]])
         return int(nodes[best[self.rng.integers(best.size)]])

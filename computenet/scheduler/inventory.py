@@ -8,7 +8,7 @@ two it runs on. The mutable, array-shaped view that placement works on is `Clust
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 MILLI_PER_GPU = 1000
 """A GPU's compute is 1000 milli, as in Kubernetes GPU-sharing schedulers (HAMi, Open-GPU-Share)."""
@@ -93,19 +93,7 @@ class Inventory:
         for pool in pools:
             for node in pool.nodes:
                 labels = {REGION_LABEL: pool.region, ZONE_LABEL: pool.zone} | dict(node.labels)
-                nodes.append(
-                    Node(
-                        name=node.name,
-                        cpu_milli=node.cpu_milli,
-                        memory_mib=node.memory_mib,
-                        gpus=node.gpus,
-                        pool=pool.name,
-                        labels=labels,
-                        price_per_gpu_hour=node.price_per_gpu_hour,
-                        taints=node.taints,
-                        healthy=node.healthy,
-                    )
-                )
+                nodes.append(replace(node, pool=pool.name, labels=labels))
         return cls(tuple(nodes))
 
     @property

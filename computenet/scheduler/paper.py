@@ -94,7 +94,7 @@ class GpuPackingScorer:
         # case 3: every GPU of the node is free
         whole_node = np.maximum(MAX_SCORE // 3 - fully_free, fully_free)
         if req.is_share:
-            fits = fitting_gpus(state, req)[nodes]
+            fits = fitting_gpus(state, req, nodes)
             tightest = np.where(fits, free, MILLI_PER_GPU + 1).min(axis=1)
             on_used = tightest < MILLI_PER_GPU
             shared = np.maximum(MAX_SCORE - (tightest * 100 // MILLI_PER_GPU) // 10, MAX_SCORE // 2)

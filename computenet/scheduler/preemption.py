@@ -38,6 +38,7 @@ from .framework import Scheduler
 from .inventory import MILLI_PER_GPU
 from .request import Placement, Request
 from .state import CapacityError, ClusterState
+from .trial import Trial
 
 
 class PreemptionError(RuntimeError):
@@ -81,29 +82,25 @@ def plan_preemption(scheduler: Scheduler, req: Request, *, seed: int = 0) -> Pre
     lower = _lower_priority_pods(state, req)
     if not lower:
         return PreemptionResult(None, f"no bound pod has a priority below {req.name}'s {req.priority}")
-    order = list(state.placements)
     best: tuple[PlanKey, tuple[Placement, ...]] | None = None
-    try:
-        for node, pods in lower.items():
-            if best is not None and _lower_bound(node, pods) > best[0]:
-                continue
-            if not _could_fit(state, req, node, pods):
-                continue
-            for victims in _node_plans(scheduler, req, node, pods, best[0] if best else None):
-                key = _plan_key(node, victims)
-                if best is None or key < best[0]:
-                    best = (key, victims)
-        if best is None:
-            return PreemptionResult(
-                None,
-                f"{req.name} fits on none of the {len(lower)} node(s) holding pods below priority "
-                f"{req.priority}, even with all of those evicted",
-            )
-        node, victims = best[0][3], best[1]
-        plan = PreemptionPlan(node, _names(victims), _placement(scheduler, req, node, victims, seed))
-        return PreemptionResult(plan, f"evict {len(victims)} pod(s) on {state.names[node]}")
-    finally:
-        _restore_order(state, order)
+    for node, pods in lower.items():
+        if best is not None and _lower_bound(node, pods) > best[0]:
+            continue
+        if not _could_fit(state, req, node, pods):
+            continue
+        for victims in _node_plans(scheduler, req, node, pods, best[0] if best else None):
+            key = _plan_key(node, victims)
+            if best is None or key < best[0]:
+                best = (key, victims)
+    if best is None:
+        return PreemptionResult(
+            None,
+            f"{req.name} fits on none of the {len(lower)} node(s) holding pods below priority "
+            f"{req.priority}, even with all of those evicted",
+        )
+    node, victims = best[0][3], best[1]
+    plan = PreemptionPlan(node, _names(victims), _placement(scheduler, req, node, victims, seed))
+    return PreemptionResult(plan, f"evict {len(victims)} pod(s) on {state.names[node]}")
 
 
 def apply_preemption(state: ClusterState, plan: PreemptionPlan) -> tuple[Placement, ...]:
@@ -128,14 +125,12 @@ def apply_preemption(state: ClusterState, plan: PreemptionPlan) -> tuple[Placeme
             raise PreemptionError(
                 f"victim {name} has priority {victim.request.priority}, not below {req.name}'s {req.priority}"
             )
-    order = list(state.placements)
-    evicted = tuple(state.unbind(name) for name in plan.victims)
+    trial = Trial(state)
+    evicted = tuple(trial.unbind(name) for name in plan.victims)
     try:
         state.bind(plan.placement)
     except CapacityError as exc:
-        for placement in evicted:
-            state.bind(placement)
-        _restore_order(state, order)
+        trial.undo()
         raise PreemptionError(f"{req.name} no longer fits on {state.names[plan.node]}; plan again") from exc
     return evicted
 
@@ -226,17 +221,14 @@ def _minimal_victims(
 def _room_without(scheduler: Scheduler, req: Request, node: int, victims: Sequence[Placement]) -> bool:
     """Whether `req` would pass the policy's filters on `node` with `victims` gone; the state is as
     before on return. Capacity is tested first with arithmetic: the filters cost a pass over every node."""
-    state = scheduler.state
-    if not _could_fit(state, req, node, victims):
+    if not _could_fit(scheduler.state, req, node, victims):
         return False
-    for pod in victims:
-        state.unbind(pod.request.name)
+    trial = _without(scheduler.state, victims)
     try:
         nodes, _ = scheduler.feasible(req)
         return bool((nodes == node).any())
     finally:
-        for pod in victims:
-            state.bind(pod)
+        trial.undo()
 
 
 def _lower_bound(node: int, pods: Sequence[Placement]) -> PlanKey:
@@ -263,24 +255,21 @@ def _placement(
     scheduler: Scheduler, req: Request, node: int, victims: Sequence[Placement], seed: int
 ) -> Placement:
     """Where the policy's GPU chooser puts `req` on `node` once `victims` are gone."""
-    state = scheduler.state
-    for pod in victims:
-        state.unbind(pod.request.name)
+    trial = _without(scheduler.state, victims)
     try:
-        gpus = scheduler.policy.chooser.choose(state, req, node, np.random.default_rng(seed))
+        gpus = scheduler.policy.chooser.choose(scheduler.state, req, node, np.random.default_rng(seed))
     finally:
-        for pod in victims:
-            state.bind(pod)
+        trial.undo()
     return Placement(req, node, gpus)
+
+
+def _without(state: ClusterState, victims: Sequence[Placement]) -> Trial:
+    """A trial with `victims` unbound; the caller undoes it."""
+    trial = Trial(state)
+    for pod in victims:
+        trial.unbind(pod.request.name)
+    return trial
 
 
 def _names(victims: Sequence[Placement]) -> tuple[str, ...]:
     return tuple(v.request.name for v in victims)
-
-
-def _restore_order(state: ClusterState, order: list[str]) -> None:
-    """Put `placements` back in its original order (unbind and bind move a name to the end) in place."""
-    if list(state.placements) != order:
-        placements = dict(state.placements)
-        state.placements.clear()
-        state.placements.update((name, placements[name]) for name in order)

@@ -55,7 +55,7 @@ class TopologyScorer:
     def score(self, state: ClusterState, req: Request, nodes: IndexArray) -> FloatArray:
         if not req.num_gpu or req.is_share:
             return np.zeros(nodes.size)
-        fits = fitting_gpus(state, req)[nodes]
+        fits = fitting_gpus(state, req, nodes)
         islands = state.island[nodes]
         tightest = np.full(nodes.size, np.inf)
         for island in np.unique(islands[fits]):

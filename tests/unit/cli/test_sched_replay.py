@@ -87,3 +87,10 @@ def test_fgd_reproduces_the_paper_on_the_default_trace(capsys: pytest.CaptureFix
     summary = json.loads(capsys.readouterr().out)
     assert abs(summary["unallocated_gpu_pct"]["100"] - 4.77) < 1.0
     assert summary["unallocated_gpu_pct"]["80"] < 20.5  # everything fits until ~90 % arrived
+
+
+def test_a_pod_list_without_rows_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nodes, pods = _tiny(tmp_path)
+    pods.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n")
+    assert _exit_code(["sched", "replay", "--nodes", str(nodes), "--pods", str(pods)]) == 2
+    assert "no pods" in capsys.readouterr().err

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from computenet.scheduler.gang import GangResult, Trial, gang_order, place_gang
+from computenet.scheduler.gang import GangResult, gang_order, place_gang
 from computenet.scheduler.request import Placement
+from computenet.scheduler.trial import Trial
 
 from .placement_support import assert_unchanged, bind, cluster, node, scheduler, share, snapshot, whole
 
