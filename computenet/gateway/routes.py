@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from computenet.api import Price, Provider, RateLimits, Route, Target
+from computenet.api import PolicySpec, Price, Provider, RateLimits, Route, Target
 
 from .registry import EndpointRegistry, Upstream
 from .routing.pipeline import RoutingPolicy
@@ -115,6 +115,7 @@ class RouteTable:
         self.registry = registry
         self._explicit: dict[str, RoutePlan] = {}  # by public model
         self._by_route: dict[str, RoutePlan] = {}  # by Route name: the last good plan of each
+        self._policies: dict[str, PolicySpec] = {}  # by Route name: the policy spec its plan was built from
         self._implicit: dict[str, RoutePlan] = {}
         registry.on_change(self._rebuild_implicit)
         self._rebuild_implicit()
@@ -144,19 +145,30 @@ class RouteTable:
                 prices[(provider.name, m.name)] = m.price
         plans: dict[str, RoutePlan] = {}
         by_route: dict[str, RoutePlan] = {}
+        policies: dict[str, PolicySpec] = {}
         for route in routes:
+            old = self._by_route.get(route.name)
             try:
-                plan = self._plan(route, upstreams, broken, prices)
+                plan, policy = self._plan(route, upstreams, broken, prices), route.spec.policy
             except ConfigError as exc:
-                last_good = self._by_route.get(route.name)
-                problems.append(ConfigProblem("Route", route.name, str(exc), kept=last_good is not None))
-                if last_good is None:
+                problems.append(ConfigProblem("Route", route.name, str(exc), kept=old is not None))
+                if old is None:
                     continue
-                plan = last_good
+                plan, policy = old, self._policies[route.name]
+            else:
+                # Every store change re-applies every Route. An unchanged one keeps its plan, or its
+                # pipeline's state (round-robin turn, approximate prefix index) would start over.
+                if (
+                    old is not None
+                    and self._policies[route.name] == policy
+                    and old == replace(plan, pipeline=old.pipeline)
+                ):
+                    plan = old
             plans[plan.model] = by_route[route.name] = plan
+            policies[route.name] = policy
         if strict and problems:
             raise ConfigError("; ".join(p.message for p in problems))
-        self._explicit, self._by_route = plans, by_route
+        self._explicit, self._by_route, self._policies = plans, by_route, policies
         return problems
 
     def _plan(

@@ -337,3 +337,18 @@ def test_streams_ask_the_backend_for_usage_even_with_other_stream_options() -> N
     body = b'{"model": "m", "messages": [], "stream": true, "stream_options": {"x": 1}, "seed": 3}'
     sent = orjson.loads(parse_request("/v1/chat/completions", body).body)
     assert sent["stream_options"] == {"x": 1, "include_usage": True} and sent["seed"] == 3
+
+
+def test_reapplying_an_unchanged_route_keeps_its_plan_and_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every store change re-applies every Route; an unchanged one must keep its pipeline's state."""
+    monkeypatch.setenv("TEST_PROVIDER_KEY", PROVIDER_KEY)
+    routes, providers = manifest("http://127.0.0.1:9/v1", FALLBACK_ROUTE)
+    gw = Gateway()
+    gw.configure(routes, providers)
+    before = gw.table.lookup("chat")
+    gw.configure(routes, providers)
+    assert gw.table.lookup("chat") is before
+    moved, _ = manifest("http://127.0.0.1:10/v1", FALLBACK_ROUTE)  # same route, another provider URL
+    gw.configure(moved, manifest("http://127.0.0.1:10/v1", FALLBACK_ROUTE)[1])
+    after = gw.table.lookup("chat")
+    assert after is not None and after is not before
