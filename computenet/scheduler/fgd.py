@@ -9,18 +9,16 @@ most nodes are untouched between two requests of the same shape.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
-from numpy.typing import NDArray
 
 from .choosers import whole_gpus
 from .filters import fitting_gpus
-from .frag import FloatArray, NodeFrag, TargetWorkload, frag
+from .frag import NodeFrag, TargetWorkload, frag
 from .inventory import MILLI_PER_GPU
 from .request import Request
-from .state import ClusterState, IntArray
-
-IndexArray = NDArray[np.intp]
+from .state import ClusterState, FloatArray, IndexArray, IntArray
 
 
 @dataclass
@@ -30,16 +28,25 @@ class _ShapeCache:
     gpu: IntArray  # the GPU a share would take on each node
 
 
+class DeltaTerm(Protocol):
+    """A cost in milli-GPU that a bind on each node adds to Delta (see `stranding.py`)."""
+
+    def delta(self, state: ClusterState, req: Request, nodes: IndexArray) -> FloatArray: ...
+
+
 @dataclass
 class FgdScorer:
     """Scores -Delta (exact), or the paper's floor(100 * sigmoid(-Delta / 1000)) when `quantized`.
 
-    It is also the GPU chooser of the `fgd` policy: a share goes to the GPU with the least Delta, the
-    first index on ties; whole GPUs are the first fully free ones.
+    `terms` add costs the fragmentation measure does not see to Delta before it is scored; the GPU a
+    share takes on the chosen node still follows Delta alone. The scorer is also the GPU chooser of
+    the `fgd` policy: a share goes to the GPU with the least Delta, the first index on ties; whole GPUs
+    are the first fully free ones.
     """
 
     workload: TargetWorkload
     quantized: bool = False
+    terms: tuple[DeltaTerm, ...] = ()
     name: str = "fgd"
     _shapes: dict[tuple[object, ...], _ShapeCache] = field(default_factory=dict)
 
@@ -48,6 +55,8 @@ class FgdScorer:
 
     def score(self, state: ClusterState, req: Request, nodes: IndexArray) -> FloatArray:
         delta = self.deltas(state, req, nodes)
+        for term in self.terms:
+            delta = delta + term.delta(state, req, nodes)
         if self.quantized:
             return np.floor(100.0 / (1.0 + np.exp(delta / MILLI_PER_GPU)))
         return -delta

@@ -17,9 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .request import Request
-from .state import ClusterState, IntArray
-
-FloatArray = NDArray[np.float64]
+from .state import ClusterState, FloatArray, IntArray
 
 
 @dataclass(frozen=True)

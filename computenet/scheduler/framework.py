@@ -12,13 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import numpy as np
-from numpy.typing import NDArray
 
 from .request import Placement, Request
-from .state import BoolArray, ClusterState
-
-FloatArray = NDArray[np.float64]
-IndexArray = NDArray[np.intp]
+from .state import BoolArray, ClusterState, FloatArray, IndexArray
 
 
 class Filter(Protocol):

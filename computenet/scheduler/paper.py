@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .filters import fitting_gpus
-from .framework import FloatArray, IndexArray
 from .inventory import MILLI_PER_GPU
 from .request import Request
-from .state import ClusterState, affinity_column
+from .state import ClusterState, FloatArray, IndexArray, affinity_column
 
 MAX_SPEC_CPU_MILLI = 128_000
 MAX_SPEC_GPU_MILLI = 8 * MILLI_PER_GPU

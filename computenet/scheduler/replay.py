@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .frag import FloatArray, NodeFrag, TargetWorkload
+from .frag import NodeFrag, TargetWorkload
 from .framework import Scheduler
 from .inventory import Inventory
 from .policies import make_policy
 from .request import Placement, Request
-from .state import ClusterState
+from .state import ClusterState, FloatArray
 from .trace import protocol_workload
 
 CURVE_MAX_PERCENT = 130

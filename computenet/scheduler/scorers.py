@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .filters import fitting_gpus
-from .framework import FloatArray, IndexArray
 from .inventory import MILLI_PER_GPU
 from .request import Request
-from .state import ClusterState
+from .state import ClusterState, FloatArray, IndexArray
 
 
 def used_after(state: ClusterState, req: Request, nodes: IndexArray) -> FloatArray:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .filters import GpuTypeFilter, PoolFilter
-from .framework import FloatArray, IndexArray
 from .request import Request, SpreadKey
-from .state import BoolArray, ClusterState, IntArray
+from .state import BoolArray, ClusterState, FloatArray, IndexArray, IntArray
 
 
 def domains(state: ClusterState, key: SpreadKey) -> IntArray:

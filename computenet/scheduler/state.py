@@ -19,6 +19,8 @@ AFFINITY_COLUMNS = 9
 
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
+FloatArray = NDArray[np.float64]
+IndexArray = NDArray[np.intp]
 
 
 class CapacityError(RuntimeError):

@@ -26,14 +26,19 @@ class TraceError(ValueError):
     """A trace file that cannot be read; the message names the file, the line and the column."""
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """CSV rows of a plain or gzipped (`.gz`) file."""
+def _reader(path: Path) -> csv.DictReader[str]:
+    """A CSV reader over a plain or gzipped (`.gz`) file; its `line_num` is the line last read."""
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
         text = raw.decode()
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
-    return list(csv.DictReader(io.StringIO(text)))
+    return csv.DictReader(io.StringIO(text))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """CSV rows of a plain or gzipped (`.gz`) file."""
+    return list(_reader(path))
 
 
 def load_nodes(path: Path) -> Inventory:
@@ -44,15 +49,16 @@ def load_nodes(path: Path) -> Inventory:
 
 
 def load_pods(path: Path) -> list[Request]:
-    rows = read_rows(path)
-    if rows and (missing := [c for c in POD_COLUMNS if c not in rows[0]]):
+    reader = _reader(path)
+    header = reader.fieldnames or []
+    if header and (missing := [c for c in POD_COLUMNS if c not in header]):
         raise TraceError(f"{path}: missing columns {missing}; a pod list has {', '.join(POD_COLUMNS)}")
     pods = []
-    for line, row in enumerate(rows, start=2):
+    for row in reader:
         try:
             pods.append(pod_request(row))
         except (KeyError, TypeError, ValueError, RequestError) as exc:  # TypeError: a short row
-            raise TraceError(f"{path}: line {line}: {exc}") from None
+            raise TraceError(f"{path}: line {reader.line_num}: {exc}") from None
     return pods
 
 

@@ -144,6 +144,13 @@ def test_load_pods_names_file_and_line_of_a_bad_row(tmp_path: Path, row: str, me
         load_pods(path)
 
 
+def test_the_line_named_is_the_file_line_even_after_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "pods.csv"
+    path.write_text(POD_HEADER + "p0,1000,100,1,500,,LS\n\n\np1,lots,100,1,500,,LS\n")
+    with pytest.raises(TraceError, match=r"pods\.csv: line 5: "):
+        load_pods(path)
+
+
 def test_load_pods_names_missing_columns(tmp_path: Path) -> None:
     path = tmp_path / "pods.csv"
     path.write_text("name,cpu_milli,memory_mib\np0,1,1\n")
