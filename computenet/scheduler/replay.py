@@ -19,7 +19,7 @@ from .inventory import Inventory
 from .policies import make_policy
 from .request import Placement, Request
 from .state import ClusterState, FloatArray
-from .trace import protocol_workload
+from .trace import protocol_nodes, protocol_workload
 
 CURVE_MAX_PERCENT = 130
 
@@ -71,7 +71,7 @@ def replay(
 ) -> ReplayResult:
     """One run of the protocol. The target workload defaults to the typical pods of `pods` (untuned)."""
     workload = workload or TargetWorkload.typical(pods)
-    state = ClusterState(inventory)
+    state = ClusterState(protocol_nodes(inventory, seed=seed))
     scheduler = Scheduler(state, make_policy(policy, workload), seed=seed)
     arrivals = protocol_workload(pods, state.gpu_capacity_milli, seed=seed, inflate=inflate)
     frag = NodeFrag(workload)

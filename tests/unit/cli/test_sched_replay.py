@@ -89,6 +89,14 @@ def test_fgd_reproduces_the_paper_on_the_default_trace(capsys: pytest.CaptureFix
     assert summary["unallocated_gpu_pct"]["80"] < 20.5  # everything fits until ~90 % arrived
 
 
+def test_computenet_leaves_fewer_gpus_unallocated_than_fgd(capsys: pytest.CaptureFixture[str]) -> None:
+    """Our preset on seed 42 of the real trace stays under the issue's 4.5 % (FGD: 4.77 in the paper,
+    ~4.9 in our replay); without its CPU-stranding term it leaves ~4.7 %, so losing it fails here."""
+    argv = ["sched", "replay", "--nodes", str(NODES), "--pods", str(DEFAULT), "--policy", "computenet"]
+    assert _exit_code([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["unallocated_gpu_pct"]["100"] < 4.5
+
+
 def test_a_pod_list_without_rows_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nodes, pods = _tiny(tmp_path)
     pods.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli\n")

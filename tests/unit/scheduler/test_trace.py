@@ -15,7 +15,7 @@ from computenet.scheduler.inventory import Inventory
 from computenet.scheduler.policies import POLICIES
 from computenet.scheduler.replay import ReplayResult, replay
 from computenet.scheduler.request import Request
-from computenet.scheduler.trace import TraceError, load_nodes, load_pods, protocol_workload
+from computenet.scheduler.trace import TraceError, load_nodes, load_pods, protocol_nodes, protocol_workload
 
 from .builders import cpu_pod, node, share, whole
 
@@ -290,3 +290,17 @@ def test_replay_of_whole_gpus_that_fill_the_cluster_leaves_nothing_unallocated()
         curve = result.curve("unallocated")
         assert curve[100] == 0.0 and curve[20] == 80.0
         assert len(result.pods) == 6 and result.placements[-1] is None  # the 6th (130 %) finds no GPU
+
+
+def test_each_seed_walks_the_nodes_in_its_own_order() -> None:
+    """The artifact renames nodes with a random prefix per seed, so score ties fall differently per seed."""
+    inventory = Inventory(tuple(node(f"n{i:02d}", 1) for i in range(40)))
+    names = [n.name for n in inventory.nodes]
+
+    def order(seed: int) -> list[str]:
+        return [n.name for n in protocol_nodes(inventory, seed=seed).nodes]
+
+    assert sorted(order(42)) == names  # the same nodes, none lost or repeated
+    assert order(42) == order(42)
+    assert order(42) != order(43)
+    assert order(42) != names
