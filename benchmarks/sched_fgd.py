@@ -1,8 +1,8 @@
 """The FGD paper's evaluation, every variant x policy x seed, against the authors' published results.
 
     .venv/bin/python benchmarks/sched_fgd.py [--workloads default,cpu050,...] [--policies ...]
-        [--seeds 42-51] [--jobs N] [--out benchmarks/results/sched_fgd.json] [--plot docs/img/sched_fgd.png]
-    .venv/bin/python benchmarks/sched_fgd.py --merge a.json,b.json [--plot ...]   # report saved runs
+        [--seeds 42-51] [--jobs N] [--out benchmarks/results/sched_fgd.json.gz] [--plot docs/img/x.png]
+    .venv/bin/python benchmarks/sched_fgd.py --merge a.json.gz,b.json [--markdown] [--plot ...]
 
 Each run is `computenet sched replay` in-process (the same `replay` function) on the trace copied into
 `data/alibaba-gpu-2023/`. It prints, per workload, the unallocated GPU % at 100 % arrived demand of
@@ -10,7 +10,8 @@ each policy — ours next to the artifact's (`fgd_expected_allo_discrete.csv.gz`
 seeds (the paper's bar plots) and, for `default`, also the median (its line plot), then the decision
 time per pod of each policy (median over runs of each run's median, and the worst run's p99) and the
 slowest run's wall time. `--merge` reports runs saved by earlier `--out`s, so a long matrix can be run
-in parts (say, the paper's policies once, ours after every change).
+in parts (say, the paper's policies once, ours after every change); `--markdown` prints the table of
+docs/benchmarks.md with each workload's largest gap between a paper policy and the artifact.
 """
 
 from __future__ import annotations
@@ -97,6 +98,11 @@ def expected() -> dict[tuple[str, str], list[float]]:
     return out
 
 
+def read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    return (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode()
+
+
 def load_run(run: dict[str, Any]) -> dict[str, Any]:
     """A run read back from JSON, whose object keys (the arrived-demand percentages) came back as text."""
     for curve in ("unallocated", "frag_rate"):
@@ -117,12 +123,13 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--seeds", default="42-51", help="a seed or a range, e.g. 42-51")
     parser.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
-    parser.add_argument("--out", type=Path, help="write every run's figures here as JSON")
+    parser.add_argument("--out", type=Path, help="write every run's figures here as JSON (.json.gz: gzipped)")
     parser.add_argument("--plot", type=Path, help="draw unallocated GPU % vs arrived demand (default trace)")
     parser.add_argument("--merge", help="comma-separated JSON files from earlier --out runs: report those")
+    parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (docs)")
     args = parser.parse_args()
     if args.merge:
-        runs = [load_run(run) for name in args.merge.split(",") for run in json.loads(Path(name).read_text())]
+        runs = [load_run(run) for name in args.merge.split(",") for run in json.loads(read_text(Path(name)))]
     else:
         jobs = [
             (w, p, s)
@@ -133,9 +140,12 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=args.jobs or None) as pool:
             runs = list(pool.map(run_one, jobs))
     report(runs, expected())
+    if args.markdown:
+        markdown(runs, expected())
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(runs))
+        text = json.dumps(runs)
+        args.out.write_bytes(gzip.compress(text.encode()) if args.out.suffix == ".gz" else text.encode())
     if args.plot:
         plot(runs, args.plot)
 
@@ -164,6 +174,28 @@ def report(runs: list[dict[str, Any]], paper: dict[tuple[str, str], list[float]]
         p99 = max(r["decision_ms"]["p99"] for r in mine)
         slowest = max(r["wall_s"] for r in mine)
         print(f"  {policy:14} {p50:.3f} / {p99:.3f}   {slowest:.1f}")
+
+
+def markdown(runs: list[dict[str, Any]], paper: dict[tuple[str, str], list[float]]) -> None:
+    """The mean table as docs/benchmarks.md shows it, plus each paper policy's largest gap to the artifact."""
+    at100: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        at100[(run["workload"], run["policy"])].append(run["unallocated"][100])
+    policies = list(dict.fromkeys(r["policy"] for r in runs))
+    print("| workload | " + " | ".join(policies) + " | largest gap |")
+    print("|---|" + "---:|" * (len(policies) + 1))
+    for workload in dict.fromkeys(r["workload"] for r in runs):
+        cells, gaps = [], []
+        for policy in policies:
+            ours = statistics.mean(at100[(workload, policy)])
+            theirs = paper.get((workload, policy))
+            if theirs:
+                cells.append(f"{ours:.2f} ({statistics.mean(theirs):.2f})")
+                gaps.append(ours - statistics.mean(theirs))
+            else:
+                cells.append(f"**{ours:.2f}**")
+        worst = max(gaps, key=abs, default=0.0)
+        print(f"| {workload} | " + " | ".join(cells) + f" | {worst:+.2f} |")
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:

@@ -6,7 +6,7 @@ FGD asks of each node, on its own, whether *one* task of each class could start 
   not eight, yet F_n counts all eight GPUs as usable. The other seven are stranded until CPU frees up.
   `CpuStranding` counts the idle GPU a node's free CPU cannot feed at the target workload's CPU per GPU,
   and charges a bind for what it strands. Replaying the default trace with 10x CPU on every node, every
-  packing policy leaves ~4.1 % of GPUs unallocated; with the real CPU FGD leaves ~4.9 %: CPU stranding
+  packing policy leaves ~4.1 % of GPUs unallocated; with the real CPU FGD leaves ~4.8 %: CPU stranding
   is most of what FGD loses, and the reason our preset gets to ~4.2 %.
 * **Model pressure.** A request that runs on any GPU model scores the same on a P100 as on a G2, so it
   takes the P100s that pods pinned to P100 (`gpu_spec`) will need; FGD even prefers them, since a GPU
