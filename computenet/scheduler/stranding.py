@@ -87,14 +87,14 @@ class ModelPressure:
 
     workload: TargetWorkload
     weight: float = 1.0
-    _density: dict[tuple[str, ...], FloatArray] = field(default_factory=dict)
+    _density: dict[tuple[tuple[str, ...], bytes], FloatArray] = field(default_factory=dict)
 
     def density(self, state: ClusterState) -> FloatArray:
-        key = tuple(state.type_names)
+        per_node = state.gpu_exists.sum(axis=1).astype(np.float64)
+        capacity = np.bincount(state.node_type, weights=per_node, minlength=len(state.type_names))
+        key = (tuple(state.type_names), capacity.tobytes())  # one policy may serve several clusters
         if key not in self._density:
-            per_node = state.gpu_exists.sum(axis=1).astype(np.float64)
-            capacity = np.bincount(state.node_type, weights=per_node, minlength=len(key)).astype(np.float64)
-            self._density[key] = pinned_density(self.workload, state.type_names, capacity)
+            self._density[key] = pinned_density(self.workload, state.type_names, capacity.astype(np.float64))
         return self._density[key]
 
     def delta(self, state: ClusterState, req: Request, nodes: IndexArray) -> FloatArray:

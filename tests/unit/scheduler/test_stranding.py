@@ -141,3 +141,13 @@ def test_the_utilization_preset_uses_both_terms() -> None:
     )
     decision = Scheduler(state, make_policy("utilization", workload)).place(cpu_pod("batch", 32_000))
     assert placed_on(state, decision) == "cpu-rich"
+
+
+def test_one_model_pressure_term_serves_clusters_of_different_sizes() -> None:
+    """The density depends on each model's capacity, so a term reused on another cluster recomputes it."""
+    term = ModelPressure(PINNED_QUARTERS)
+    small = cluster(node("p100", 2, gpu_type="P100"), node("g2", 8, gpu_type="G2"))
+    large = cluster(node("p100", 8, gpu_type="P100"), node("g2", 8, gpu_type="G2"))
+    # a quarter of the demand pinned to P100: on 2 of 10 GPUs 1.25 of its capacity, on 8 of 16 0.5
+    assert term.density(small).tolist() == pytest.approx([0.3125, 1.25])
+    assert term.density(large).tolist() == pytest.approx([0.5, 0.5])
