@@ -24,6 +24,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -111,17 +112,44 @@ def load_run(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def seeds(text: str) -> list[int]:
+    """argparse type: `42` or `42-51`."""
     first, _, last = text.partition("-")
-    return list(range(int(first), int(last or first) + 1))
+    try:
+        return list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a range like 42-51") from None
+
+
+def names(known: list[str] | tuple[str, ...]) -> Callable[[str], list[str]]:
+    """argparse type: a comma-separated subset of `known`."""
+
+    def parse(text: str) -> list[str]:
+        wanted = text.split(",")
+        if unknown := [w for w in wanted if w not in known]:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(known)}")
+        return wanted
+
+    return parse
+
+
+def load_runs(files: str) -> list[dict[str, Any]]:
+    """Runs saved by earlier `--out`s (comma-separated files)."""
+    runs = []
+    for name in files.split(","):
+        try:
+            runs += [load_run(run) for run in json.loads(read_text(Path(name)))]
+        except (OSError, ValueError, KeyError) as exc:
+            raise SystemExit(f"error: --merge {name}: {exc}") from None
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--seeds", default="42-51", help="a seed or a range, e.g. 42-51")
+    parser.add_argument("--workloads", type=names(WORKLOADS), default=WORKLOADS)
+    parser.add_argument("--policies", type=names(POLICIES), default=list(POLICIES))
+    parser.add_argument("--seeds", type=seeds, default=seeds("42-51"), help="a seed or a range, e.g. 42-51")
     parser.add_argument("--jobs", type=int, default=0, help="worker processes (default: all cores)")
     parser.add_argument("--out", type=Path, help="write every run's figures here as JSON (.json.gz: gzipped)")
     parser.add_argument("--plot", type=Path, help="draw unallocated GPU % vs arrived demand (default trace)")
@@ -129,14 +157,9 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown (docs)")
     args = parser.parse_args()
     if args.merge:
-        runs = [load_run(run) for name in args.merge.split(",") for run in json.loads(read_text(Path(name)))]
+        runs = load_runs(args.merge)
     else:
-        jobs = [
-            (w, p, s)
-            for w in args.workloads.split(",")
-            for p in args.policies.split(",")
-            for s in seeds(args.seeds)
-        ]
+        jobs = [(w, p, s) for w in args.workloads for p in args.policies for s in args.seeds]
         with ProcessPoolExecutor(max_workers=args.jobs or None) as pool:
             runs = list(pool.map(run_one, jobs))
     report(runs, expected())
