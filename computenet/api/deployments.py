@@ -41,6 +41,7 @@ class Role(CamelModel):
 
 class Placement(CamelModel):
     pools: list[str] = Field(default_factory=list, description="pool names allowed; empty: any")
+    regions: list[str] = Field(default_factory=list, description="regions allowed; empty: any")
 
 
 class RestartPolicy(CamelModel):

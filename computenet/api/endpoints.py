@@ -27,6 +27,7 @@ class Endpoint:
     role: str = "server"  # server, router, prefill or decode: the gateway pairs prefill with decode
     engine: str = "sim"
     pool: str = "local"
+    region: str = ""  # the pool's region: a gateway prefers its own and spills over to others
     kv_events: str | None = None  # the engine's ZMQ KV-event publisher (tcp://host:port), when it has one
     kv_events_replay: str | None = None  # its replay socket, to recover missed events
 

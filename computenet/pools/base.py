@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from computenet.api import NodeInfo
 from computenet.engines.base import ArgValue
 
 
@@ -29,9 +30,16 @@ class ReplicaSpec:
     source: str
     args: Mapping[str, ArgValue] = field(default_factory=dict)
     gpus: int = 0
+    gpu_type: str | None = None
+    cpu: float | None = None  # cores to reserve (Kubernetes requests, Ray num_cpus); None: the pool's default
+    memory_gb: float | None = None
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     template_hash: str = ""
+    # Where the scheduler put this replica: a node of the pool and GPU indices on it. Not part of the
+    # template: moving a replica is a placement decision, not a new version.
+    node: str = ""
+    gpu_ids: tuple[int, ...] = ()
 
 
 class ReplicaPhase(StrEnum):
@@ -39,6 +47,7 @@ class ReplicaPhase(StrEnum):
     READY = "Ready"  # health probe passing: may take traffic
     BACKOFF = "BackOff"  # exited; waiting before the next restart
     STOPPING = "Stopping"
+    LOST = "Lost"  # its node is gone; the pool cannot restart it there, the reconciler places it anew
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class ReplicaState:
     spec: ReplicaSpec
     pool: str
     phase: ReplicaPhase
+    node: str = ""  # the node it runs on, as the pool names it
     url: str | None = None
     pid: int | None = None
     restarts: int = 0
@@ -62,6 +72,12 @@ class ReplicaState:
 
 class PoolDriver(Protocol):
     name: str
+    region: str
+    zone: str
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The pool's nodes as they are now (ready or not), for the scheduler and `get pools`."""
+        ...
 
     async def start(self, spec: ReplicaSpec) -> None:
         """Begin running a replica; returns at once, readiness shows up in `replicas()`."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
+from computenet.api import DeclaredGpus, NodeInfo
 from computenet.engines import LaunchSpec, get_engine
 
 from . import processes
@@ -56,16 +59,30 @@ def render_launch(spec: ReplicaSpec, host: str, ports: Sequence[int], *, kv_even
     argv = get_engine(spec.engine).command(
         LaunchSpec(spec.served_name, spec.source, host, port, args, spec.gpus)
     )
+    env = dict(wiring.env) if wiring is not None else {}
+    if spec.gpu_ids:  # the GPUs the scheduler chose, and no others
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in spec.gpu_ids)
     if wiring is None:
-        return Launch(argv, None, port)
-    return Launch(argv, dict(wiring.env) or None, port, wiring.endpoint, wiring.replay_endpoint)
+        return Launch(argv, env or None, port)
+    return Launch(argv, env or None, port, wiring.endpoint, wiring.replay_endpoint)
 
 
 class LocalPool:
     def __init__(
-        self, *, name: str = "local", state_dir: Path, host: str = "127.0.0.1", kv_events: bool = False
+        self,
+        *,
+        name: str = "local",
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        kv_events: bool = False,
+        region: str = "local",
+        zone: str = "local",
+        gpus: Sequence[DeclaredGpus] = (),
     ) -> None:
         self.name = name
+        self.region = region
+        self.zone = zone
+        self._node = _this_machine(gpus)
         self.kv_events = kv_events  # start engines publishing KV-cache events (needs pyzmq, msgpack)
         self._log_dir = state_dir / "logs"
         self._host = host
@@ -91,6 +108,9 @@ class LocalPool:
         del self._supervisors[name]
         self._changed.set()
 
+    async def nodes(self) -> list[NodeInfo]:
+        return [self._node]
+
     async def replicas(self) -> list[ReplicaState]:
         return [s.state for s in self._supervisors.values()]
 
@@ -115,13 +135,29 @@ class LocalPool:
             self._http = None
 
 
+def _this_machine(declared: Sequence[DeclaredGpus]) -> NodeInfo:
+    """This machine as one node. Its GPUs are the declared ones (for `sim`); one GPU model per node."""
+    if len({g.type for g in declared}) > 1:
+        raise ValueError("a local pool declares one GPU model; use one pool per model")
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return NodeInfo(
+        name=socket.gethostname(),
+        cpu=float(os.cpu_count() or 1),
+        memory_gb=round(pages / 2**30, 1),
+        gpus=sum(g.count for g in declared),
+        gpu_type=declared[0].type if declared else "",
+        gpu_memory_gb=declared[0].memory_gb if declared else 0.0,
+        address="127.0.0.1",
+    )
+
+
 class _Supervisor:
     """Keeps one replica running. Its `state` is the facts the pool reports."""
 
     def __init__(
         self, spec: ReplicaSpec, pool: LocalPool, http: aiohttp.ClientSession, *, host: str, log_path: Path
     ) -> None:
-        self.state = ReplicaState(spec=spec, pool=pool.name, phase=ReplicaPhase.STARTING)
+        self.state = ReplicaState(spec=spec, pool=pool.name, phase=ReplicaPhase.STARTING, node=spec.node)
         self.task: asyncio.Task[None] | None = None
         self._pool = pool
         self._http = http
