@@ -70,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("version", help="print client and server versions")
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
-    from . import bench, gateway, sched, simulate
+    from . import bench, control, gateway, sched, simulate
 
     keys.add_commands(add, common)
     usage.add_commands(add)
     gateway.add_commands(add)
+    control.add_commands(add)
     bench.add_commands(add)
     simulate.add_commands(add)
     sched.add_commands(add)
@@ -83,9 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    state_dir = (
-        getattr(args, "state_dir", None) or Path(os.environ.get("COMPUTENET_STATE_DIR", DEFAULT_STATE_DIR))
-    ).expanduser()
+    state_dir = state_dir_of(args)
     try:
         if args.command == "up":
             from .up import run_up  # starts servers: import only when needed
@@ -108,6 +107,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """`--state-dir`, else $COMPUTENET_STATE_DIR, else ~/.computenet."""
+    given = getattr(args, "state_dir", None)
+    return (given or Path(os.environ.get("COMPUTENET_STATE_DIR", DEFAULT_STATE_DIR))).expanduser()
 
 
 def _fail(message: str, code: int, prefix: str = "") -> None:
