@@ -30,7 +30,8 @@ class PoolSpec(CamelModel):
     region: str = Field(default="local", min_length=1)
     zone: str = Field(default="local", min_length=1)
     address: str | None = Field(
-        default=None, description="ray: the cluster's GCS address, host:port (as given to `ray start --address`)"
+        default=None,
+        description="ray: the cluster's GCS address, host:port (as given to `ray start --address`)",
     )
     kubeconfig: str | None = Field(
         default=None, description="kubernetes: path of the kubeconfig file; empty: in-cluster config"

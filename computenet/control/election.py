@@ -73,6 +73,8 @@ class LeaderElector:
     async def _round(self, lead: Callable[[], Awaitable[None]]) -> None:
         if self._term is not None and self._term.done():
             await self._term_ended()
+            await asyncio.sleep(self.timings.lease_duration_s)  # sit one out: another replica may do better
+            return
         sent = self._clock()
         outcome = await self._attempt(attempt_timeout(sent, self._deadline, self.timings))
         if outcome is Outcome.HELD:

@@ -28,17 +28,21 @@ from computenet.store import Lease
 
 @dataclass(frozen=True, slots=True)
 class LeaseTimings:
-    lease_duration_s: float = 10.0
-    renew_deadline_s: float = 7.0
-    retry_period_s: float = 2.0
+    """Kubernetes' three knobs. The defaults bound a failover after a leader dies to
+    lease_duration_s + retry_period_s (9.5 s), and leave 3 s between a cut-off leader
+    stopping and any follower starting."""
+
+    lease_duration_s: float = 8.0
+    renew_deadline_s: float = 5.0
+    retry_period_s: float = 1.5
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_period_s < self.renew_deadline_s < self.lease_duration_s:
             raise ValueError(
                 "leader election needs 0 < retry period < renew deadline < lease duration, got "
                 f"{self.retry_period_s:g}s < {self.renew_deadline_s:g}s < {self.lease_duration_s:g}s; "
-                "e.g. --leader-elect-retry-period 2 --leader-elect-renew-deadline 7 "
-                "--leader-elect-lease-duration 10"
+                "e.g. --leader-elect-retry-period 1.5 --leader-elect-renew-deadline 5 "
+                "--leader-elect-lease-duration 8"
             )
 
 

@@ -91,4 +91,3 @@ def local_pools(store: ResourceStore, state_dir: Path) -> PoolBuilder:
         return drivers
 
     return build
-

@@ -19,6 +19,7 @@ from computenet.api import Endpoint, PolicySpec, PublishedEndpoints
 
 from .changes import Watchers, bump
 from .tables import EndpointRow, RevisionRow
+from .transactions import lock_for_write
 
 TOPIC = "endpoints"
 
@@ -39,6 +40,7 @@ class EndpointStore:
     ) -> None:
         wire = PublishedEndpoints(deployment, model, policy, tuple(endpoints)).to_wire()
         async with self._sessions.begin() as session:
+            await lock_for_write(session)
             row = await session.get(EndpointRow, deployment, with_for_update=True)
             if row is None:
                 row = EndpointRow(deployment=deployment)

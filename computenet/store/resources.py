@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from pydantic import BaseModel
-from sqlalchemy import event, select, text
+from sqlalchemy import event, select
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -38,12 +38,10 @@ from .errors import Conflict, NotFound, SchemaTooNew
 from .keys import KeyStore
 from .leases import LeaseStore
 from .tables import SCHEMA_VERSION, Base, ResourceRow, SchemaRow
+from .transactions import lock_for_migration, lock_for_write
 from .usage import UsageStore
 
 TOPIC = "resources"
-# Held (per transaction) while a PostgreSQL store creates or upgrades its tables: replicas that
-# start together on an empty database would otherwise race to create the same tables.
-_MIGRATION_LOCK_ID = 0x636E6574  # "cnet"
 
 ApplyAction = Literal["created", "configured", "unchanged"]
 
@@ -111,6 +109,7 @@ class ResourceStore:
     async def _apply_all(self, resources: list[AnyResource]) -> list[tuple[ResourceRow, ApplyAction]]:
         results: list[tuple[ResourceRow, ApplyAction]] = []
         async with self._sessions.begin() as session:
+            await lock_for_write(session)
             for resource in resources:
                 results.append(await _upsert(session, resource))
             if any(action != "unchanged" for _, action in results):
@@ -133,6 +132,7 @@ class ResourceStore:
 
     async def delete(self, kind: str, name: str) -> AnyResource:
         async with self._sessions.begin() as session:
+            await lock_for_write(session)
             row = await session.get(ResourceRow, (kind, name), with_for_update=True)
             if row is None:
                 raise NotFound(kind, name)
@@ -147,6 +147,7 @@ class ResourceStore:
         """Replace the status only. Unchanged status is not written (no version churn)."""
         data = status.model_dump(mode="json", by_alias=True, exclude_none=True)
         async with self._sessions.begin() as session:
+            await lock_for_write(session)
             row = await session.get(ResourceRow, (kind, name), with_for_update=True)
             if row is None:
                 raise NotFound(kind, name)
@@ -164,8 +165,7 @@ class ResourceStore:
         recording the new version; a table that changes shape will need a real step here.
         """
         async with self._sessions.begin() as session:
-            if self._engine.dialect.name == "postgresql":
-                await session.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})"))
+            await lock_for_migration(session)
             row = await session.get(SchemaRow, 1) if await _has_schema(session) else None
             if row is not None and row.version > SCHEMA_VERSION:
                 raise SchemaTooNew(
