@@ -18,7 +18,7 @@ PoolType = Literal["local", "ray", "kubernetes"]
 
 
 class DeclaredGpus(CamelModel):
-    """GPUs a `local` pool announces for the `sim` engine, which needs none: lets a laptop rehearse placement."""
+    """GPUs a `local` pool announces for `sim`, which needs none: a laptop can rehearse placement."""
 
     type: str = Field(min_length=1, description="GPU model, e.g. H100")
     count: int = Field(ge=1)

@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
     from . import bench, gateway, sched, simulate
+    from . import render as render_command
 
     keys.add_commands(add, common)
     usage.add_commands(add)
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_commands(add)
     simulate.add_commands(add)
     sched.add_commands(add)
+    render_command.add_commands(add)
     return parser
 
 
