@@ -88,7 +88,7 @@ def pod_template(
         pod["affinity"] = affinity
     if spec.gpus:  # GPU nodes are commonly tainted so that nothing else lands there
         pod["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    prefetch = prefetch_command(spec.source, pool)
+    prefetch = prefetch_command(spec, pool)
     if serves and prefetch is not None:
         pod["initContainers"] = [_prefetch_container(spec, pool, prefetch)]
     if gated:
@@ -173,14 +173,15 @@ def _env(values: Mapping[str, str]) -> list[Manifest]:
     return [{"name": key, "value": value} for key, value in sorted(values.items())]
 
 
-def prefetch_command(source: str, pool: PoolSpec) -> list[str] | None:
+def prefetch_command(spec: ReplicaSpec, pool: PoolSpec) -> list[str] | None:
     """A command that puts the model's files in the cache before the engine starts, or None if none is needed.
 
     Hub models are downloaded into the cache (HF_HOME), where the engine then finds them; a local path is
-    read once so its files are in the node's page cache. The `sim` needs no weights, and without a cache
-    volume a download would be lost with the init container, so both get no prefetch.
+    read once so its files are in the node's page cache. The `sim` reads no weights (whatever its source
+    says), and without a cache volume a download would be lost with the init container: no prefetch.
     """
-    if source.startswith("sim://") or pool.model_cache is None:
+    source = spec.source
+    if spec.engine == "sim" or source.startswith("sim://") or pool.model_cache is None:
         return None
     if source.startswith("/"):
         return ["sh", "-c", 'find "$0" -type f -exec cat {} + > /dev/null', source]
