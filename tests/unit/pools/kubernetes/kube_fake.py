@@ -62,6 +62,7 @@ class FakeKube:
         self._uids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._epoch = 0  # bumped to end every open watch, as an API server restart does
 
     # --- the HTTP side ---------------------------------------------------------------------------
 
@@ -160,7 +161,8 @@ class FakeKube:
             return response
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(request.query.get("timeoutSeconds", "60"))
-        while not self._closing and loop.time() < deadline:
+        epoch = self._epoch
+        while not self._closing and epoch == self._epoch and loop.time() < deadline:
             for version, event_kind, type_, obj in self.events:
                 in_scope = obj["metadata"].get("namespace", "") == ns and _matches(obj, selector)
                 if version > since and event_kind == kind and in_scope:
@@ -229,6 +231,11 @@ class FakeKube:
     def compact(self) -> None:
         """Forget history, as etcd compaction does: a watch from an older version gets 410 Gone."""
         self.compacted = self.version + 1
+
+    def drop_watches(self) -> None:
+        """End every open watch: clients must watch again from the last version they saw."""
+        self._epoch += 1
+        self._wake()
 
     def close(self) -> None:
         self._closing = True

@@ -10,7 +10,7 @@ file loaded by the official `kubernetes` package, and real aiohttp connections.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +58,6 @@ async def pool(pool_spec: PoolSpec, tmp_path: Path) -> AsyncIterator[KubernetesP
 
 async def state_of(pool: KubernetesPool, name: str) -> ReplicaState:
     return next(r for r in await pool.replicas() if r.name == name)
-
-
-async def eventually(check: Callable[[], object], timeout_s: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_start_applies_labelled_objects_and_a_ready_pod_makes_the_replica_ready(
@@ -179,6 +171,22 @@ async def test_a_watch_from_a_compacted_version_is_gone(pool: KubernetesPool, fa
     with pytest.raises(Gone):
         async for _ in pool.client.watch("Pod", "default", {"computenet.io/pool": POOL}, version):
             pass
+
+
+async def test_the_watch_lists_again_when_its_version_was_compacted_away(
+    pool: KubernetesPool, fake: FakeKube
+) -> None:
+    await pool.start(replica())
+    changed = pool.watch()
+    await asyncio.wait_for(changed.wait(), 5)
+    fake.compact()
+    fake.drop_watches()  # the watcher comes back with a version the server no longer has: 410, relist
+    changed.clear()
+    await asyncio.wait_for(changed.wait(), 5)
+    changed.clear()
+    (pod,) = fake.pods()
+    fake.make_ready(pod["metadata"]["name"], "10.1.0.5")
+    await asyncio.wait_for(changed.wait(), 5)  # and it watches again from the new list's version
 
 
 async def test_a_replica_whose_node_is_gone_is_lost(pool: KubernetesPool, fake: FakeKube) -> None:
