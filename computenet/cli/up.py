@@ -29,9 +29,9 @@ from starlette.routing import Mount
 
 from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, Pool, load_file
 from computenet.control import Reconciler, create_control_app
+from computenet.control.pool_set import DriverSettings, PoolSet
 from computenet.gateway import Gateway, GatewayApp
 from computenet.gateway.routing.feeds import kv_events_available
-from computenet.pools import LocalPool
 from computenet.store import NotFound, ResourceStore, SchemaTooNew, sqlite_url
 
 from .auth import auth_banner, ensure_admin_key, follow_keys
@@ -88,9 +88,10 @@ def run_up(manifest: Path, *, state_dir: Path, host: str, port: int, auth: bool 
 
 async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, port: int, auth: bool) -> None:
     store = await ResourceStore.open(sqlite_url(state_dir))
-    pool = LocalPool(state_dir=state_dir, host="127.0.0.1", kv_events=_kv_events_installed())
+    # Pools come from Pool resources: the `local` one is made below if the file declares none.
+    pools = PoolSet(DriverSettings(state_dir, kv_events=_kv_events_installed()))
     gateway = embedded_gateway(store, state_dir, auth=auth)
-    reconciler = Reconciler(store, {pool.name: pool}, gateway.registry)
+    reconciler = Reconciler(store, pools, gateway.registry)
     admin_key = await ensure_admin_key(store, state_dir) if auth else None
     server = _Server(
         uvicorn.Config(
@@ -108,7 +109,7 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     tasks: list[asyncio.Task[None]] = []
     try:
-        await _ensure_local_pool(store, pool.name)
+        await _ensure_local_pool(store, resources)
         await store.apply_all(resources)
         await gateway.start()
         tasks.append(asyncio.create_task(follow_keys(store, gateway.keys.replace), name="keys"))
@@ -123,7 +124,7 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await pool.close()
+        await pools.close()
         await gateway.close()
         await store.close()
         (state_dir / SERVER_FILE).unlink(missing_ok=True)
@@ -152,9 +153,10 @@ def _request_exit(server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
-async def _ensure_local_pool(store: ResourceStore, name: str) -> None:
-    if name not in {p.name for p in await store.list("Pool")}:
-        await store.apply(Pool(metadata=ObjectMeta(name=name)))
+async def _ensure_local_pool(store: ResourceStore, resources: list[AnyResource]) -> None:
+    """This machine as pool `local`, unless the file or the store already declares pools."""
+    if not any(isinstance(r, Pool) for r in resources) and not await store.list("Pool"):
+        await store.apply(Pool(metadata=ObjectMeta(name="local")))
 
 
 async def _announce(
