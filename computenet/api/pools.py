@@ -18,7 +18,7 @@ PoolType = Literal["local", "ray", "kubernetes"]
 
 
 class DeclaredGpus(CamelModel):
-    """GPUs a `local` pool announces for the `sim` engine, which needs none: lets a laptop rehearse placement."""
+    """GPUs a `local` pool announces for `sim`, which needs none: a laptop can rehearse placement."""
 
     type: str = Field(min_length=1, description="GPU model, e.g. H100")
     count: int = Field(ge=1)
@@ -30,7 +30,8 @@ class PoolSpec(CamelModel):
     region: str = Field(default="local", min_length=1)
     zone: str = Field(default="local", min_length=1)
     address: str | None = Field(
-        default=None, description="ray: the cluster's GCS address, host:port (as given to `ray start --address`)"
+        default=None,
+        description="ray: the cluster's GCS address, host:port (as given to `ray start --address`)",
     )
     kubeconfig: str | None = Field(
         default=None, description="kubernetes: path of the kubeconfig file; empty: in-cluster config"

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--auth", action="store_true", help="require API keys (an admin key is made on first start)"
     )
+    up.add_argument(
+        "--region",
+        help="the gateway's region: it prefers replicas of pools there and spills over to others when full",
+    )
 
     apply = add("apply", help="create or update resources from a file ('-' for stdin)")
     apply.add_argument("-f", "--filename", required=True)
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .up import run_up  # starts servers: import only when needed
 
             where = {"state_dir": state_dir, "host": args.host, "port": args.port}
-            sys.exit(run_up(args.filename, **where, auth=args.auth))
+            sys.exit(run_up(args.filename, **where, auth=args.auth, region=args.region))
         if hasattr(args, "run"):
             sys.exit(args.run(args))
         client = ControlClient(

@@ -37,6 +37,11 @@ def _ready(row: Row) -> str:
     return f"{status.get('readyReplicas', 0)}/{desired}"
 
 
+def _nodes(row: Row) -> str:
+    status = row.get("status") or {}
+    return f"{status.get('readyNodes', 0)}/{status.get('nodes', 0)}"
+
+
 def _targets(targets: list[Row]) -> str:
     return ",".join(
         f"deployment/{t['deployment']}" if t.get("deployment") else f"provider/{t['provider']}:{t['model']}"
@@ -84,7 +89,10 @@ COLUMNS: dict[str, list[Column]] = {
         ("NAME", lambda r: r["metadata"]["name"]),
         ("TYPE", lambda r: r["spec"]["type"]),
         ("REGION", lambda r: r["spec"]["region"]),
+        ("NODES", _nodes),
+        ("GPUS", lambda r: (r.get("status") or {}).get("gpus", 0)),
         ("REPLICAS", lambda r: (r.get("status") or {}).get("replicas", 0)),
+        ("STATUS", lambda r: _condition(r, "Ready").get("reason", "Pending")),
         ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
     ],
     "Route": [
