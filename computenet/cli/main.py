@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="validate on the server, change nothing")
 
     get = add("get", help="list resources or show one")
-    get.add_argument("kind", metavar="KIND", help="models, deployments, pools or replicas")
+    get.add_argument("kind", metavar="KIND", help="models, deployments, pools, nodes, replicas, ...")
     get.add_argument("name", nargs="?", metavar="NAME")
     get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
 
@@ -142,6 +142,14 @@ def cmd_get(client: ControlClient, args: argparse.Namespace) -> None:
                     f'error: replica "{args.name}" not found; `computenet get replicas` lists them'
                 )
         print(render("Replica", items[0] if args.name and args.output != "table" else items, args.output))
+        return
+    if args.kind.lower() in ("node", "nodes", "no"):
+        items = client.json("GET", "/nodes")["items"]
+        if args.name:
+            items = [n for n in items if args.name in (n["name"], f"{n['pool']}/{n['name']}")]
+            if not items:
+                raise CliError(f'error: node "{args.name}" not found; `computenet get nodes` lists them')
+        print(render("Node", items[0] if args.name and args.output != "table" else items, args.output))
         return
     kind = _kind(args.kind)
     path = f"/{PLURALS[kind]}" + (f"/{args.name}" if args.name else "")

@@ -130,10 +130,21 @@ COLUMNS: dict[str, list[Column]] = {
         ("DEPLOYMENT", lambda r: r["deployment"]),
         ("ROLE", lambda r: r["role"]),
         ("POOL", lambda r: r["pool"]),
+        ("NODE", lambda r: r.get("node") or "<none>"),
         ("PHASE", lambda r: r["phase"]),
         ("RESTARTS", lambda r: r["restarts"]),
         ("URL", lambda r: r["url"] or "<none>"),
         ("AGE", lambda r: age(r["startedAt"])),
+    ],
+    "Node": [
+        ("NAME", lambda r: r["name"]),
+        ("POOL", lambda r: r["pool"]),
+        ("REGION", lambda r: r["region"]),
+        ("READY", lambda r: r["ready"]),
+        ("GPUS", lambda r: f"{r['gpus']}x{r['gpuType']}" if r["gpus"] else "0"),
+        ("CPU", lambda r: f"{r['cpu']:g}"),
+        ("MEMORY", lambda r: f"{r['memoryGb']:g}Gi"),
+        ("TAINTS", lambda r: ",".join(r["taints"]) or "<none>"),
     ],
 }
 

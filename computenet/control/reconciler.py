@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from computenet.api import Deployment, Endpoint, EndpointSink, Model, NodeInfo, Pool, PoolStatus, transition
 from computenet.pools import PoolDriver, ReplicaPhase, ReplicaState
@@ -46,6 +47,7 @@ class Reconciler:
         self._published: dict[str, tuple[Endpoint, ...]] = {}
         self._seen: dict[str, list[ReplicaState]] = {}  # per pool: its replicas when last reached
         self._unreachable: dict[str, str] = {}  # per pool: why the last pass could not reach it
+        self._views: list[PoolView] = []  # every pool's nodes as the last pass saw them
 
     async def run(self) -> None:
         """Reconcile until cancelled; one failed pass is logged and retried, never fatal."""
@@ -71,7 +73,7 @@ class Reconciler:
         deployments = [d for d in await self._store.list("Deployment") if isinstance(d, Deployment)]
         models = {m.name: m for m in await self._store.list("Model") if isinstance(m, Model)}
         observed = await self.replicas()
-        views = await self._views(pools)
+        views = self._views = await self._pool_views(pools)
         blocked: dict[str, tuple[str, str]] = {}
         desired = []
         for dep in deployments:
@@ -120,7 +122,15 @@ class Reconciler:
                     break  # runs, but has written no log yet
         raise NotFound("Replica", replica)
 
-    async def _views(self, pools: Sequence[Pool]) -> list[PoolView]:
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every pool's nodes as the last pass saw them, in wire form (`computenet get nodes`)."""
+        return [
+            {"pool": v.name, "region": v.region, "zone": v.zone, **n.model_dump(by_alias=True)}
+            for v in self._views
+            for n in v.nodes
+        ]
+
+    async def _pool_views(self, pools: Sequence[Pool]) -> list[PoolView]:
         prices = {p.name: p.spec.price_per_gpu_hour for p in pools}
         labels = {p.name: p.spec.labels for p in pools}
         views = []
