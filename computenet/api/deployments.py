@@ -51,9 +51,23 @@ class Role(CamelModel):
     engine_args: EngineArgs = Field(default_factory=dict, description="merged over the deployment's")
 
 
+class SpreadSpec(CamelModel):
+    """Keep replicas of each role apart, as Kubernetes' topology spread with DoNotSchedule does."""
+
+    key: Literal["node", "zone", "region"] = "node"
+    max_skew: int = Field(default=1, ge=1, description="most replicas a domain may hold over the emptiest")
+
+
 class Placement(CamelModel):
     pools: list[str] = Field(default_factory=list, description="pool names allowed; empty: any")
     regions: list[str] = Field(default_factory=list, description="regions allowed; empty: any")
+    policy: Literal["utilization", "stability", "cost"] = Field(
+        default="utilization",
+        description="scheduler preset: pack against fragmentation, spread for stability, or cheapest GPUs",
+    )
+    spread: SpreadSpec | None = Field(
+        default=None, description="hard spread of each role's replicas, so one node's loss leaves others"
+    )
 
 
 class RestartPolicy(CamelModel):

@@ -49,13 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--auth", action="store_true", help="require API keys (an admin key is made on first start)"
     )
+    up.add_argument(
+        "--region",
+        help="the gateway's region: it prefers replicas of pools there and spills over to others when full",
+    )
 
     apply = add("apply", help="create or update resources from a file ('-' for stdin)")
     apply.add_argument("-f", "--filename", required=True)
     apply.add_argument("--dry-run", action="store_true", help="validate on the server, change nothing")
 
     get = add("get", help="list resources or show one")
-    get.add_argument("kind", metavar="KIND", help="models, deployments, pools or replicas")
+    get.add_argument("kind", metavar="KIND", help="models, deployments, pools, nodes, replicas, ...")
     get.add_argument("name", nargs="?", metavar="NAME")
     get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
 
@@ -93,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .up import run_up  # starts servers: import only when needed
 
             where = {"state_dir": state_dir, "host": args.host, "port": args.port}
-            sys.exit(run_up(args.filename, **where, auth=args.auth))
+            sys.exit(run_up(args.filename, **where, auth=args.auth, region=args.region))
         if hasattr(args, "run"):
             sys.exit(args.run(args))
         client = ControlClient(
@@ -140,6 +144,14 @@ def cmd_get(client: ControlClient, args: argparse.Namespace) -> None:
                     f'error: replica "{args.name}" not found; `computenet get replicas` lists them'
                 )
         print(render("Replica", items[0] if args.name and args.output != "table" else items, args.output))
+        return
+    if args.kind.lower() in ("node", "nodes", "no"):
+        items = client.json("GET", "/nodes")["items"]
+        if args.name:
+            items = [n for n in items if args.name in (n["name"], f"{n['pool']}/{n['name']}")]
+            if not items:
+                raise CliError(f'error: node "{args.name}" not found; `computenet get nodes` lists them')
+        print(render("Node", items[0] if args.name and args.output != "table" else items, args.output))
         return
     kind = _kind(args.kind)
     path = f"/{PLURALS[kind]}" + (f"/{args.name}" if args.name else "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -58,6 +59,11 @@ class KubernetesPool:
     ) -> None:
         if spec.type != "kubernetes":
             raise ValueError(f"pool {name!r} is a {spec.type} pool, not kubernetes")
+        if client is None and importlib.util.find_spec("kubernetes") is None:
+            # ImportError naming the package: the pool set reports which extra to install.
+            raise ImportError(
+                "the kubernetes pool loads kubeconfigs with the kubernetes package", name="kubernetes"
+            )
         self.name = name
         self.region = spec.region
         self.zone = spec.zone
