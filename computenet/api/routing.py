@@ -41,15 +41,16 @@ LEGACY_PRESETS = {"round_robin": "round-robin", "least_outstanding": "least-requ
 
 _FILTER_PARAMS = {
     "saturation": {"max_waiting", "max_kv_usage", "max_in_flight"},
-    "region": {"region", "spill"},
+    "region": {"region", "spill", "max_waiting", "max_kv_usage", "max_in_flight"},  # room before spilling
 }
 
 
 class FilterRef(CamelModel):
     name: FilterName
-    max_waiting: float | None = Field(default=None, gt=0, description="saturation: engine queue length")
-    max_kv_usage: float | None = Field(default=None, gt=0, le=1, description="saturation: KV-cache fraction")
-    max_in_flight: float | None = Field(default=None, gt=0, description="saturation: this gateway's requests")
+    # saturation: past these an endpoint is turned away; region: past these the region spills over
+    max_waiting: float | None = Field(default=None, gt=0, description="engine queue length")
+    max_kv_usage: float | None = Field(default=None, gt=0, le=1, description="KV-cache fraction")
+    max_in_flight: float | None = Field(default=None, gt=0, description="this gateway's requests")
     region: str | None = Field(default=None, min_length=1, description="region: the preferred region")
     spill: bool | None = Field(default=None, description="region: use other regions when none is left")
 

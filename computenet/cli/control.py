@@ -38,7 +38,9 @@ from computenet.control import create_control_app
 from computenet.control.distributed_api import add_distributed_routes
 from computenet.control.election import LeaderElector, default_identity
 from computenet.control.leader import LeaseTimings
-from computenet.control.term import LeaderTerm, local_pools
+from computenet.control.pool_set import DriverSettings
+from computenet.control.term import LeaderTerm
+from computenet.gateway.routing.feeds import kv_events_available
 from computenet.store import ResourceStore, SchemaTooNew, sqlite_url
 
 from .auth import ensure_admin_key
@@ -150,7 +152,7 @@ class _Server(uvicorn.Server):
 
 async def _serve(settings: _Settings, resources: list[AnyResource]) -> None:
     store = await ResourceStore.open(settings.url)
-    term = LeaderTerm(store, local_pools(store, settings.state_dir))
+    term = LeaderTerm(store, DriverSettings(settings.state_dir, kv_events=kv_events_available()))
     elector = None
     if settings.timings is not None:
         elector = LeaderElector(store.leases, identity=settings.identity, timings=settings.timings)

@@ -34,10 +34,18 @@ log = logging.getLogger(__name__)
 USAGE_SPILL_FILE = "usage-spill.jsonl"
 
 
-def embedded_gateway(store: ResourceStore, state_dir: Path, *, auth: bool) -> Gateway:
+def embedded_gateway(
+    store: ResourceStore, state_dir: Path, *, auth: bool, region: str | None = None
+) -> Gateway:
     meter = UsageMeter(store.usage, spill_path=state_dir / USAGE_SPILL_FILE)
     guards = Guards(limiter=MemoryRateLimiter(), ledger=MemoryBudgetLedger(), meter=meter)
-    return Gateway(EndpointRegistry(), keys=KeyBook(required=auth), guards=guards, tracer=Tracer.from_env())
+    return Gateway(
+        EndpointRegistry(),
+        keys=KeyBook(required=auth),
+        guards=guards,
+        tracer=Tracer.from_env(),
+        region=region,
+    )
 
 
 async def follow_gateway_config(store: ResourceStore, gateway: Gateway) -> None:

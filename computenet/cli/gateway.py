@@ -140,6 +140,10 @@ def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         metavar="URL",
         help="write usage records to this database (sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...)",
     )
+    p.add_argument(
+        "--region",
+        help="where this gateway runs: it prefers replicas in this region and spills to others when full",
+    )
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.add_argument(
         "--access-log",
@@ -168,6 +172,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "usage_db": args.usage_db,
         "control": args.control,
+        "region": args.region,
     }
     try:
         _check(args)
@@ -265,6 +270,7 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
         guards=_guards(settings, limited=_declares_limits(resources)),
         tracer=Tracer.from_env(),
         max_in_flight_per_endpoint=settings.get("max_in_flight"),
+        region=settings.get("region"),
     )
     if settings.get("upstream"):
         gateway.registry.publish_now(

@@ -49,13 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--auth", action="store_true", help="require API keys (an admin key is made on first start)"
     )
+    up.add_argument(
+        "--region",
+        help="the gateway's region: it prefers replicas of pools there and spills over to others when full",
+    )
 
     apply = add("apply", help="create or update resources from a file ('-' for stdin)")
     apply.add_argument("-f", "--filename", required=True)
     apply.add_argument("--dry-run", action="store_true", help="validate on the server, change nothing")
 
     get = add("get", help="list resources or show one")
-    get.add_argument("kind", metavar="KIND", help="models, deployments, pools or replicas")
+    get.add_argument("kind", metavar="KIND", help="models, deployments, pools, nodes, replicas, ...")
     get.add_argument("name", nargs="?", metavar="NAME")
     get.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
 
@@ -71,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
     from . import bench, control, gateway, sched, simulate
+    from . import render as render_command
 
     keys.add_commands(add, common)
     usage.add_commands(add)
@@ -79,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_commands(add)
     simulate.add_commands(add)
     sched.add_commands(add)
+    render_command.add_commands(add)
     return parser
 
 
@@ -90,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .up import run_up  # starts servers: import only when needed
 
             where = {"state_dir": state_dir, "host": args.host, "port": args.port}
-            sys.exit(run_up(args.filename, **where, auth=args.auth))
+            sys.exit(run_up(args.filename, **where, auth=args.auth, region=args.region))
         if hasattr(args, "run"):
             sys.exit(args.run(args))
         client = ControlClient(
@@ -143,6 +149,14 @@ def cmd_get(client: ControlClient, args: argparse.Namespace) -> None:
                     f'error: replica "{args.name}" not found; `computenet get replicas` lists them'
                 )
         print(render("Replica", items[0] if args.name and args.output != "table" else items, args.output))
+        return
+    if args.kind.lower() in ("node", "nodes", "no"):
+        items = client.json("GET", "/nodes")["items"]
+        if args.name:
+            items = [n for n in items if args.name in (n["name"], f"{n['pool']}/{n['name']}")]
+            if not items:
+                raise CliError(f'error: node "{args.name}" not found; `computenet get nodes` lists them')
+        print(render("Node", items[0] if args.name and args.output != "table" else items, args.output))
         return
     kind = _kind(args.kind)
     path = f"/{PLURALS[kind]}" + (f"/{args.name}" if args.name else "")

@@ -37,6 +37,11 @@ def _ready(row: Row) -> str:
     return f"{status.get('readyReplicas', 0)}/{desired}"
 
 
+def _nodes(row: Row) -> str:
+    status = row.get("status") or {}
+    return f"{status.get('readyNodes', 0)}/{status.get('nodes', 0)}"
+
+
 def _targets(targets: list[Row]) -> str:
     return ",".join(
         f"deployment/{t['deployment']}" if t.get("deployment") else f"provider/{t['provider']}:{t['model']}"
@@ -84,7 +89,10 @@ COLUMNS: dict[str, list[Column]] = {
         ("NAME", lambda r: r["metadata"]["name"]),
         ("TYPE", lambda r: r["spec"]["type"]),
         ("REGION", lambda r: r["spec"]["region"]),
+        ("NODES", _nodes),
+        ("GPUS", lambda r: (r.get("status") or {}).get("gpus", 0)),
         ("REPLICAS", lambda r: (r.get("status") or {}).get("replicas", 0)),
+        ("STATUS", lambda r: _condition(r, "Ready").get("reason", "Pending")),
         ("AGE", lambda r: age(r["metadata"].get("creationTimestamp"))),
     ],
     "Route": [
@@ -122,10 +130,21 @@ COLUMNS: dict[str, list[Column]] = {
         ("DEPLOYMENT", lambda r: r["deployment"]),
         ("ROLE", lambda r: r["role"]),
         ("POOL", lambda r: r["pool"]),
+        ("NODE", lambda r: r.get("node") or "<none>"),
         ("PHASE", lambda r: r["phase"]),
         ("RESTARTS", lambda r: r["restarts"]),
         ("URL", lambda r: r["url"] or "<none>"),
         ("AGE", lambda r: age(r["startedAt"])),
+    ],
+    "Node": [
+        ("NAME", lambda r: r["name"]),
+        ("POOL", lambda r: r["pool"]),
+        ("REGION", lambda r: r["region"]),
+        ("READY", lambda r: r["ready"]),
+        ("GPUS", lambda r: f"{r['gpus']}x{r['gpuType']}" if r["gpus"] else "0"),
+        ("CPU", lambda r: f"{r['cpu']:g}"),
+        ("MEMORY", lambda r: f"{r['memoryGb']:g}Gi"),
+        ("TAINTS", lambda r: ",".join(r["taints"]) or "<none>"),
     ],
 }
 

@@ -27,11 +27,11 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, Pool, load_file
+from computenet.api import AnyResource, Deployment, ManifestError, ObjectMeta, Pool, PoolSpec, load_file
 from computenet.control import Reconciler, create_control_app
+from computenet.control.pool_set import DriverSettings, PoolSet
 from computenet.gateway import Gateway, GatewayApp
 from computenet.gateway.routing.feeds import kv_events_available
-from computenet.pools import LocalPool
 from computenet.store import NotFound, ResourceStore, SchemaTooNew, sqlite_url
 
 from .auth import auth_banner, ensure_admin_key, follow_keys
@@ -51,7 +51,9 @@ class _Server(uvicorn.Server):
         yield  # `up` installs its own handlers so that shutdown runs our cleanup first
 
 
-def run_up(manifest: Path, *, state_dir: Path, host: str, port: int, auth: bool = False) -> int:
+def run_up(
+    manifest: Path, *, state_dir: Path, host: str, port: int, auth: bool = False, region: str | None = None
+) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         resources = load_file(manifest)
@@ -79,18 +81,23 @@ def run_up(manifest: Path, *, state_dir: Path, host: str, port: int, auth: bool 
             )
             return 1
         try:
-            asyncio.run(_serve(resources, state_dir=state_dir, host=host, port=port, auth=auth))
+            asyncio.run(
+                _serve(resources, state_dir=state_dir, host=host, port=port, auth=auth, region=region)
+            )
         except SchemaTooNew as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 0
 
 
-async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, port: int, auth: bool) -> None:
+async def _serve(
+    resources: list[AnyResource], *, state_dir: Path, host: str, port: int, auth: bool, region: str | None
+) -> None:
     store = await ResourceStore.open(sqlite_url(state_dir))
-    pool = LocalPool(state_dir=state_dir, host="127.0.0.1", kv_events=_kv_events_installed())
-    gateway = embedded_gateway(store, state_dir, auth=auth)
-    reconciler = Reconciler(store, {pool.name: pool}, gateway.registry)
+    # Pools come from Pool resources: the `local` one is made below if the file declares none.
+    pools = PoolSet(DriverSettings(state_dir, kv_events=_kv_events_installed()))
+    gateway = embedded_gateway(store, state_dir, auth=auth, region=region)
+    reconciler = Reconciler(store, pools, gateway.registry)
     admin_key = await ensure_admin_key(store, state_dir) if auth else None
     server = _Server(
         uvicorn.Config(
@@ -108,7 +115,7 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     tasks: list[asyncio.Task[None]] = []
     try:
-        await _ensure_local_pool(store, pool.name)
+        await _ensure_local_pool(store, resources, region)
         await store.apply_all(resources)
         await gateway.start()
         tasks.append(asyncio.create_task(follow_keys(store, gateway.keys.replace), name="keys"))
@@ -123,7 +130,7 @@ async def _serve(resources: list[AnyResource], *, state_dir: Path, host: str, po
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await pool.close()
+        await pools.close()
         await gateway.close()
         await store.close()
         (state_dir / SERVER_FILE).unlink(missing_ok=True)
@@ -152,9 +159,11 @@ def _request_exit(server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
-async def _ensure_local_pool(store: ResourceStore, name: str) -> None:
-    if name not in {p.name for p in await store.list("Pool")}:
-        await store.apply(Pool(metadata=ObjectMeta(name=name)))
+async def _ensure_local_pool(store: ResourceStore, resources: list[AnyResource], region: str | None) -> None:
+    """This machine as pool `local` (in the gateway's region), unless the file or the store declares pools."""
+    if not any(isinstance(r, Pool) for r in resources) and not await store.list("Pool"):
+        spec = PoolSpec(region=region) if region else PoolSpec()
+        await store.apply(Pool(metadata=ObjectMeta(name="local"), spec=spec))
 
 
 async def _announce(

@@ -32,6 +32,10 @@ _INSTANT = TypeAdapter(datetime)
 class ReplicaSource(Protocol):
     async def replicas(self) -> list[ReplicaState]: ...
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every pool's nodes as the last reconcile pass saw them, in wire form."""
+        ...
+
     async def logs(self, replica: str, *, tail_lines: int | None = None) -> str: ...
 
 
@@ -128,6 +132,10 @@ def _add_replica_routes(router: APIRouter, source: ReplicaSource) -> None:
     async def list_replicas() -> dict[str, Any]:
         return {"kind": "ReplicaList", "items": [_replica_wire(s) for s in await source.replicas()]}
 
+    @router.get("/nodes", tags=["Node"])
+    async def list_nodes() -> dict[str, Any]:
+        return {"kind": "NodeList", "items": source.nodes()}
+
     @router.get("/replicas/{name}/log", tags=["Replica"], response_class=PlainTextResponse)
     async def replica_log(name: str, tail_lines: int | None = Query(None, alias="tailLines", ge=1)) -> str:
         return await source.logs(name, tail_lines=tail_lines)
@@ -177,6 +185,7 @@ def _replica_wire(state: ReplicaState) -> dict[str, Any]:
         "role": state.spec.role,
         "engine": state.spec.engine,
         "pool": state.pool,
+        "node": state.node,
         "phase": state.phase.value,
         "url": state.url,
         "pid": state.pid,

@@ -1,9 +1,12 @@
 """The control loop: make the replicas running on pools match the Deployments in the store.
 
-Each pass reads desired state from the store and facts from the pool drivers, asks the
-pure functions in `desired`, `plan` and `status` what to do, applies that, writes
-status and publishes ready endpoints to the gateway. A pass runs whenever the store or
-a pool reports a change, and at least every `resync_s` seconds.
+Each pass reads desired state from the store and facts from the pool drivers (their nodes and
+replicas), asks the pure functions in `desired`, `plan`, `placement` and `status` what to do, applies
+that, writes status and publishes ready endpoints to the gateway. A pass runs whenever the store or a
+pool reports a change, and at least every `resync_s` seconds.
+
+A pool that cannot be reached keeps the replicas it was last seen running: they are neither stopped
+nor started again elsewhere on a guess, and the Pool's `Ready` condition says why.
 """
 
 from __future__ import annotations
@@ -11,13 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from computenet.api import Deployment, Endpoint, EndpointSink, Model, PoolStatus
-from computenet.pools import PoolDriver, ReplicaPhase, ReplicaSpec, ReplicaState
+from computenet.api import Deployment, Endpoint, EndpointSink, Model, NodeInfo, Pool, PoolStatus, transition
+from computenet.pools import PoolDriver, ReplicaPhase, ReplicaState
 from computenet.store import NotFound, ResourceStore
 
 from .desired import desired_replicas
+from .fleet import PoolView
+from .placement import Assignment, place_replicas
 from .plan import plan
+from .pool_set import PoolSet
 from .status import deployment_status
 
 log = logging.getLogger(__name__)
@@ -27,21 +35,24 @@ class Reconciler:
     def __init__(
         self,
         store: ResourceStore,
-        pools: Mapping[str, PoolDriver],
+        pools: PoolSet | Mapping[str, PoolDriver],
         sink: EndpointSink,
         *,
         resync_s: float = 5.0,
     ) -> None:
         self._store = store
-        self._pools = pools
+        self._pools = pools if isinstance(pools, PoolSet) else PoolSet.of(pools)
         self._sink = sink
         self._resync_s = resync_s
         self._published: dict[str, tuple[Endpoint, ...]] = {}
+        self._seen: dict[str, list[ReplicaState]] = {}  # per pool: its replicas when last reached
+        self._unreachable: dict[str, str] = {}  # per pool: why the last pass could not reach it
+        self._views: list[PoolView] = []  # every pool's nodes as the last pass saw them
 
     async def run(self) -> None:
         """Reconcile until cancelled; one failed pass is logged and retried, never fatal."""
-        wakeups = [self._store.watch(), *(pool.watch() for pool in self._pools.values())]
         while True:
+            wakeups = [self._store.watch(), *(pool.watch() for pool in self._pools.values())]
             for event in wakeups:
                 event.clear()
             try:
@@ -57,30 +68,49 @@ class Reconciler:
                 await asyncio.wait(waiters)
 
     async def reconcile_once(self) -> None:
+        pools = [p for p in await self._store.list("Pool") if isinstance(p, Pool)]
+        await self._pools.sync(pools)
         deployments = [d for d in await self._store.list("Deployment") if isinstance(d, Deployment)]
         models = {m.name: m for m in await self._store.list("Model") if isinstance(m, Model)}
         observed = await self.replicas()
+        views = self._views = await self._pool_views(pools)
         blocked: dict[str, tuple[str, str]] = {}
-        desired: dict[str, list[ReplicaSpec]] = {name: [] for name in self._pools}
+        desired = []
         for dep in deployments:
-            pool, reason = self._place(dep, models)
-            if reason is not None:
-                blocked[dep.name] = reason
-            elif pool is not None:
-                desired[pool] += desired_replicas(dep, models[dep.spec.model])
-        await self._apply(desired, observed, frozenset(blocked))
+            if dep.spec.model in models:
+                desired += desired_replicas(dep, models[dep.spec.model])
+            else:
+                message = f"Model {dep.spec.model!r} does not exist; apply a Model with that name"
+                blocked[dep.name] = ("ModelNotFound", message)
+        # Replicas of a blocked deployment are left as they are: a missing Model must not take down
+        # what already serves.
+        live, duplicates = _dedupe([s for s in observed if s.spec.deployment not in blocked])
+        decision = plan(desired, live)
+        kept = [s for s in live if s.name not in decision.stop]
+        placed = place_replicas(
+            decision.start, kept, views, {d.name: d for d in deployments if d.name not in blocked}
+        )
+        for name, reason in placed.unschedulable.items():
+            blocked[name] = ("Unschedulable", reason)
+        await self._apply(duplicates + [s for s in live if s.name in decision.stop], placed.start)
         observed = await self.replicas()
         for dep in deployments:
             await self._report(
                 dep, [s for s in observed if s.spec.deployment == dep.name], blocked.get(dep.name)
             )
         await self._withdraw_missing({d.name for d in deployments})
-        await self._report_pools(observed)
+        await self._report_pools(pools, observed, views)
 
     async def replicas(self) -> list[ReplicaState]:
         states: list[ReplicaState] = []
-        for pool in self._pools.values():
-            states += await pool.replicas()
+        for name, pool in self._pools.items():
+            try:
+                self._seen[name] = await pool.replicas()
+                self._unreachable.pop(name, None)
+            except Exception as exc:  # a remote pool's API; its last known replicas stand in
+                self._unreachable[name] = f"listing replicas failed: {exc}"
+                log.warning("pool %s: %s", name, self._unreachable[name])
+            states += self._seen.get(name, [])
         return sorted(states, key=lambda s: s.name)
 
     async def logs(self, replica: str, *, tail_lines: int | None = None) -> str:
@@ -92,37 +122,49 @@ class Reconciler:
                     break  # runs, but has written no log yet
         raise NotFound("Replica", replica)
 
-    def _place(
-        self, dep: Deployment, models: Mapping[str, Model]
-    ) -> tuple[str | None, tuple[str, str] | None]:
-        """Pick the pool for a deployment; the GPU scheduler takes this over when pools have GPUs."""
-        if dep.spec.model not in models:
-            message = f"Model {dep.spec.model!r} does not exist; apply a Model with that name"
-            return None, ("ModelNotFound", message)
-        allowed = dep.spec.placement.pools or list(self._pools)
-        pool = next((name for name in allowed if name in self._pools), None)
-        if pool is None:
-            message = f"none of the pools {allowed} exists here; known pools: {sorted(self._pools)}"
-            return None, ("PoolNotFound", message)
-        return pool, None
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every pool's nodes as the last pass saw them, in wire form (`computenet get nodes`)."""
+        return [
+            {"pool": v.name, "region": v.region, "zone": v.zone, **n.model_dump(by_alias=True)}
+            for v in self._views
+            for n in v.nodes
+        ]
 
-    async def _apply(
-        self,
-        desired: Mapping[str, list[ReplicaSpec]],
-        observed: Sequence[ReplicaState],
-        blocked: frozenset[str],
-    ) -> None:
-        # Replicas of a blocked deployment are left as they are: a missing Model must not
-        # take down what already serves.
-        for pool_name, driver in self._pools.items():
-            mine = [s for s in observed if s.pool == pool_name and s.spec.deployment not in blocked]
-            decision = plan(desired[pool_name], mine)
-            if decision.empty:
-                continue
-            log.info("pool %s: stop %s, start %s", pool_name, decision.stop, [s.name for s in decision.start])
-            await asyncio.gather(*(driver.stop(name) for name in decision.stop))
-            for spec in decision.start:
-                await driver.start(spec)
+    async def _pool_views(self, pools: Sequence[Pool]) -> list[PoolView]:
+        prices = {p.name: p.spec.price_per_gpu_hour for p in pools}
+        labels = {p.name: p.spec.labels for p in pools}
+        views = []
+        for name, driver in self._pools.items():
+            nodes: Sequence[NodeInfo] = ()
+            if name not in self._unreachable:
+                try:
+                    nodes = await driver.nodes()
+                except Exception as exc:
+                    self._unreachable[name] = f"listing nodes failed: {exc}"
+                    log.warning("pool %s: %s", name, self._unreachable[name])
+            extra = labels.get(name, {})
+            nodes = tuple(n.model_copy(update={"labels": {**extra, **n.labels}}) for n in nodes)
+            views.append(PoolView(name, driver.region, driver.zone, nodes, prices.get(name, {})))
+        return views
+
+    async def _apply(self, stop: Sequence[ReplicaState], start: Sequence[Assignment]) -> None:
+        if stop or start:
+            log.info(
+                "stop %s, start %s",
+                [f"{s.pool}/{s.name}" for s in stop],
+                [f"{a.pool}/{a.spec.node}/{a.spec.name}" for a in start],
+            )
+        results = await asyncio.gather(
+            *(self._pools[s.pool].stop(s.name) for s in stop if s.pool in self._pools), return_exceptions=True
+        )
+        for state, result in zip(stop, results, strict=False):
+            if isinstance(result, Exception):
+                log.warning("pool %s: stopping %s failed: %s", state.pool, state.name, result)
+        for assignment in start:
+            try:
+                await self._pools[assignment.pool].start(assignment.spec)
+            except Exception:
+                log.exception("pool %s: starting %s failed", assignment.pool, assignment.spec.name)
 
     async def _report(
         self, dep: Deployment, observed: list[ReplicaState], blocked: tuple[str, str] | None
@@ -143,6 +185,7 @@ class Reconciler:
                 role=s.spec.role,
                 engine=s.spec.engine,
                 pool=s.pool,
+                region=self._pools[s.pool].region if s.pool in self._pools else "",
                 kv_events=s.kv_events,
                 kv_events_replay=s.kv_events_replay,
             )
@@ -160,8 +203,42 @@ class Reconciler:
             await self._sink.withdraw(name)
             del self._published[name]
 
-    async def _report_pools(self, observed: Sequence[ReplicaState]) -> None:
-        for pool in await self._store.list("Pool"):
-            if pool.name in self._pools:
-                count = sum(1 for s in observed if s.pool == pool.name)
-                await self._store.update_status("Pool", pool.name, PoolStatus(replicas=count))
+    async def _report_pools(
+        self, pools: Sequence[Pool], observed: Sequence[ReplicaState], views: Sequence[PoolView]
+    ) -> None:
+        nodes = {v.name: v.nodes for v in views}
+        now = datetime.now(UTC)
+        for pool in pools:
+            mine = nodes.get(pool.name, ())
+            problem = self._pools.problems.get(pool.name) or self._unreachable.get(pool.name)
+            reason = (
+                "Reachable"
+                if problem is None
+                else ("DriverUnavailable" if pool.name in self._pools.problems else "Unreachable")
+            )
+            previous = pool.status.conditions if pool.status else []
+            ready = transition("Ready", problem is None, reason, problem or "", previous, now)
+            status = PoolStatus(
+                replicas=sum(1 for s in observed if s.pool == pool.name),
+                nodes=len(mine),
+                ready_nodes=sum(1 for n in mine if n.ready),
+                gpus=sum(n.gpus for n in mine),
+                conditions=[ready],
+            )
+            if pool.status != status:
+                try:
+                    await self._store.update_status("Pool", pool.name, status)
+                except NotFound:
+                    continue
+
+
+def _dedupe(states: Sequence[ReplicaState]) -> tuple[list[ReplicaState], list[ReplicaState]]:
+    """One replica per name: a name found in two pools (a move cut short) keeps its ready copy."""
+    best: dict[str, ReplicaState] = {}
+    extra: list[ReplicaState] = []
+    for state in sorted(states, key=lambda s: (s.phase != ReplicaPhase.READY, s.pool)):
+        if state.name in best:
+            extra.append(state)
+        else:
+            best[state.name] = state
+    return sorted(best.values(), key=lambda s: s.name), extra

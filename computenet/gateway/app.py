@@ -73,14 +73,17 @@ class Gateway:
         max_body_bytes: int = MAX_BODY_BYTES,
         max_in_flight_per_endpoint: MaxInFlight | None = None,
         scrape_interval_s: float = SCRAPE_INTERVAL_S,
+        region: str | None = None,
     ) -> None:
+        """`region`: where this gateway runs; it prefers replicas there and spills over when they are full."""
         if max_in_flight_per_endpoint is not None:
             max_in_flight_per_endpoint = parse_max_in_flight(
                 "max_in_flight_per_endpoint", max_in_flight_per_endpoint
             )
         self.max_in_flight_per_endpoint = max_in_flight_per_endpoint
         self.registry = registry or EndpointRegistry()
-        self.table = RouteTable(self.registry)
+        self.region = region
+        self.table = RouteTable(self.registry, region=region)
         self.keys = keys or KeyBook()
         self.guards = guards or Guards()
         self.tracer = tracer or Tracer.disabled()
@@ -274,7 +277,7 @@ class GatewayApp:
                 model=model,
                 content=parsed.content,
                 session=session.decode("latin-1") if session else parsed.user,
-                region=region.decode("latin-1") if region else None,
+                region=region.decode("latin-1") if region else gw.region,
             ),
         )
         span = gw.tracer.request_span(

@@ -64,7 +64,7 @@ class EndpointRegistry:
     def __init__(self, region_of: Callable[[Endpoint], str] | None = None) -> None:
         self._deployments: dict[str, Published] = {}
         self._by_model: dict[str, tuple[str, ...]] = {}
-        self._region_of = region_of or (lambda e: e.pool)
+        self._region_of = region_of or (lambda e: e.region or e.pool)
         self._listeners: list[Callable[[], None]] = []
 
     async def publish(

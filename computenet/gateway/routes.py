@@ -111,8 +111,9 @@ def _read_secret(provider: Provider) -> str:
 
 
 class RouteTable:
-    def __init__(self, registry: EndpointRegistry) -> None:
+    def __init__(self, registry: EndpointRegistry, *, region: str | None = None) -> None:
         self.registry = registry
+        self.region = region  # the gateway's own: its pipelines prefer replicas there
         self._explicit: dict[str, RoutePlan] = {}  # by public model
         self._by_route: dict[str, RoutePlan] = {}  # by Route name: the last good plan of each
         self._policies: dict[str, PolicySpec] = {}  # by Route name: the policy spec its plan was built from
@@ -188,7 +189,7 @@ class RouteTable:
         )
         return RoutePlan(
             model=route.public_model,
-            pipeline=build_pipeline(route.spec.policy),
+            pipeline=build_pipeline(route.spec.policy, region=self.region),
             targets=targets,
             fallbacks=fallbacks,
             timeout_s=route.spec.timeout_seconds,
@@ -259,7 +260,7 @@ class RouteTable:
             backends = tuple(Backend(f"deployment/{n}", n, None, FREE) for n in names)
             plans[model] = RoutePlan(
                 model=model,
-                pipeline=build_pipeline(first.policy if first is not None else None),
+                pipeline=build_pipeline(first.policy if first is not None else None, region=self.region),
                 targets=backends,
                 fallbacks=(),
                 timeout_s=600.0,

@@ -33,6 +33,7 @@ class ReplicaSpec:
     gpu_type: str | None = None
     cpu: float | None = None  # cores to reserve (Kubernetes requests, Ray num_cpus); None: the pool's default
     memory_gb: float | None = None
+    nodes: int = 1  # nodes one replica spans (multi-node tensor parallelism); `gpus` is the total over them
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     template_hash: str = ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Mapping
 
 from sqlalchemy import select, update
@@ -32,10 +33,14 @@ TOPICS = ("resources", "keys", "endpoints")
 
 
 class Watchers:
-    """The events of one topic's watchers: `notify` sets them all; each watcher clears its own."""
+    """The events of one topic's watchers: `notify` sets them all; each watcher clears its own.
+
+    Held weakly: a watcher that drops its event (a reconciler pass that asks for a fresh one
+    each time, a long-poll that answered) is forgotten without having to say so.
+    """
 
     def __init__(self) -> None:
-        self._events: set[asyncio.Event] = set()
+        self._events: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
 
     def watch(self) -> asyncio.Event:
         event = asyncio.Event()
@@ -47,7 +52,7 @@ class Watchers:
         self._events.discard(event)
 
     def notify(self) -> None:
-        for event in self._events:
+        for event in list(self._events):
             event.set()
 
 

@@ -6,6 +6,7 @@ replicas, the official `openai` SDK and the `computenet` CLI as clients.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import textwrap
@@ -80,6 +81,19 @@ def test_get_deployments_shows_two_of_two_ready(up: Up) -> None:
     header, row = result.stdout.splitlines()[:2]
     assert header.split()[:4] == ["NAME", "MODEL", "ENGINE", "READY"]
     assert row.split()[:4] == ["demo-llm", "demo-llm", "sim", "2/2"]
+
+
+def test_get_pools_nodes_and_replicas_show_where_replicas_run(up: Up) -> None:
+    pools = cli("get", "pools", url=up.url)
+    assert pools.returncode == 0, pools.stderr
+    header, row = pools.stdout.splitlines()[:2]
+    assert header.split()[:7] == ["NAME", "TYPE", "REGION", "NODES", "GPUS", "REPLICAS", "STATUS"]
+    assert row.split()[:7] == ["local", "local", "local", "1/1", "0", "2", "Reachable"]
+    nodes = cli("get", "nodes", "-o", "json", url=up.url)
+    (node,) = json.loads(nodes.stdout)
+    assert (node["pool"], node["ready"], node["cpu"] > 0) == ("local", True, True)
+    replicas = cli("get", "replicas", "-o", "json", url=up.url)
+    assert {r["node"] for r in json.loads(replicas.stdout)} == {node["name"]}
 
 
 def test_logs_show_replica_output(up: Up) -> None:

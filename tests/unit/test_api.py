@@ -77,6 +77,26 @@ def test_every_problem_in_every_document_is_reported_with_file_doc_and_path() ->
             "'power-of-two', 'prefix' or 'precise-prefix', got 'fastest'",
         ),
         ("kind: Model\nmetadata: {name: x\n", "t.yaml doc 1: invalid YAML at line 3, column 1"),
+        (
+            "kind: Pool\nmetadata: {name: p}\nspec: {type: ray}\n",
+            "t.yaml doc 1: spec: a ray pool needs spec.address: the head's GCS address, e.g. 10.0.0.5:6379",
+        ),
+        (
+            "kind: Pool\nmetadata: {name: p}\nspec: {address: 10.0.0.5:6379}\n",
+            "t.yaml doc 1: spec: spec.address is for ray pools; a local pool takes no address",
+        ),
+        (
+            "kind: Pool\nmetadata: {name: p}\nspec: {type: ray, address: h:1, kubeconfig: k}\n",
+            "t.yaml doc 1: spec: spec.kubeconfig and spec.context are for kubernetes pools, not ray",
+        ),
+        (
+            "kind: Pool\nmetadata: {name: p}\nspec: {type: gce}\n",
+            "t.yaml doc 1: spec.type: must be 'local', 'ray' or 'kubernetes', got 'gce'",
+        ),
+        (
+            "kind: Deployment\nmetadata: {name: d}\nspec: {model: m, engine: sim, placement: {spread: {key: rack}}}\n",
+            "t.yaml doc 1: spec.placement.spread.key: must be 'node', 'zone' or 'region', got 'rack'",
+        ),
     ],
 )
 def test_single_problems_are_phrased_for_people(text: str, expected: str) -> None:

@@ -30,6 +30,9 @@ class NoReplicas:
     async def replicas(self) -> list[ReplicaState]:
         return []
 
+    def nodes(self) -> list[dict[str, object]]:
+        return []
+
     async def logs(self, replica: str, *, tail_lines: int | None = None) -> str:
         raise NotFound("Replica", replica)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from computenet.api import DEFAULT_PRESET, FilterRef, PolicySpec, PresetName, ScorerRef
 
 from .pipeline import PICKERS, Pipeline
-from .scorers import FILTERS, SCORERS
+from .scorers import FILTERS, SCORERS, RegionFilter
 
 
 @dataclass(frozen=True)
@@ -47,17 +47,22 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def build_pipeline(policy: PolicySpec | str | None = None) -> Pipeline:
-    """A fresh pipeline (its own round-robin turn) for `policy`; the default preset when None."""
+def build_pipeline(policy: PolicySpec | str | None = None, *, region: str | None = None) -> Pipeline:
+    """A fresh pipeline (its own round-robin turn) for `policy`; the default preset when None.
+
+    `region`: the gateway's own. Every pipeline then ends with a `region` filter (unless the policy
+    places one itself), so that requests stay in the gateway's region and spill over when it is full.
+    """
     spec = policy if isinstance(policy, PolicySpec) else PolicySpec.model_validate(policy or DEFAULT_PRESET)
     preset_name: PresetName = spec.preset or DEFAULT_PRESET
     preset = PRESETS[preset_name]
+    refs = spec.filters if spec.filters is not None else preset.filters
+    filters = [FILTERS[f.name](**f.params()) for f in refs]
+    if region and not any(f.name == "region" for f in refs):
+        filters.append(RegionFilter(region))
     return Pipeline(
         name="custom" if spec.custom else preset_name,
-        filters=[
-            FILTERS[f.name](**f.params())
-            for f in (spec.filters if spec.filters is not None else preset.filters)
-        ],
+        filters=filters,
         scorers=[
             (SCORERS[s.name](**s.params()), s.weight)
             for s in (spec.scorers if spec.scorers is not None else preset.scorers)

@@ -266,19 +266,41 @@ class Saturation:
 
 
 class RegionFilter:
-    """Only the preferred region's endpoints, spilling over to the others when none is left there."""
+    """The preferred region's endpoints while one of them has room; then those elsewhere with room.
+
+    The preferred region is the request's `x-computenet-region`, else `region` (the gateway's own).
+    "Room" is the `saturation` filter's test with its own thresholds: an engine queue or KV cache past
+    them, or this gateway's in-flight count past `max_in_flight`, sends traffic to other regions
+    rather than queueing it at home. Replicas that fail are out of the candidates already (the
+    breakers and retries take them out), so a region whose replicas all fail spills too. With
+    `spill` false the region is a hard boundary.
+    """
 
     name = "region"
 
-    def __init__(self, region: str | None = None, spill: bool = True) -> None:
+    def __init__(
+        self,
+        region: str | None = None,
+        spill: bool = True,
+        max_waiting: float = 16,
+        max_kv_usage: float = 0.95,
+        max_in_flight: float | None = None,
+    ) -> None:
         self.region, self.spill = region, spill
+        self._room = Saturation(max_waiting, max_kv_usage, max_in_flight)
 
     def keep(self, request: RoutingRequest, snap: Snapshot, state: RoutingState) -> list[bool]:
         wanted = request.region or self.region
         if not wanted:
             return [True] * len(snap.replicas)
         local = [c.region == wanted for c in snap.candidates]
-        return local if any(local) or not self.spill else [True] * len(local)
+        if not self.spill:
+            return local
+        room = self._room.keep(request, snap, state)
+        home = [here and ok for here, ok in zip(local, room, strict=True)]
+        if any(home):
+            return home
+        return room if any(room) else [True] * len(local)  # elsewhere with room, else as before
 
 
 SCORERS: dict[str, Callable[..., Scorer]] = {

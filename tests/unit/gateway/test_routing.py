@@ -173,6 +173,19 @@ def test_region_prefers_the_asked_region_and_spills_over() -> None:
     assert build_pipeline(PolicySpec.model_validate(strict)).pick(req(), eps, state) is None
 
 
+def test_a_gateway_in_a_region_stays_there_until_its_replicas_are_full() -> None:
+    eps = [Ep("home-1", "us"), Ep("home-2", "us"), Ep("away", "eu")]
+    state = RoutingState()
+    pipeline = build_pipeline("least-request", region="us")  # what a gateway started with --region us does
+    assert {pipeline.pick(req(), eps, state).replica for _ in range(20)} == {"home-1", "home-2"}  # type: ignore[union-attr]
+    scrape(state, "home-1", waiting=40, kv_cache_usage=0.5)  # queueing: past the spill threshold
+    assert {pipeline.pick(req(), eps, state).replica for _ in range(20)} == {"home-2"}  # type: ignore[union-attr]
+    scrape(state, "home-2", waiting=0, kv_cache_usage=0.99)  # KV cache full
+    assert pipeline.pick(req(), eps, state).replica == "away"  # type: ignore[union-attr]
+    assert pipeline.pick(req(), eps[:2], state) is not None  # nowhere to spill: home still serves
+    assert build_pipeline("least-request").pick(req(), eps, state) is not None  # no region: no filter
+
+
 def test_session_affinity_keeps_a_conversation_on_one_endpoint() -> None:
     state = RoutingState(rng=random.Random(3))
     policy = {"scorers": [{"name": "session", "weight": 2}, {"name": "least-request"}]}

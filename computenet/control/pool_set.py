@@ -1,0 +1,134 @@
+"""The pool drivers of one control plane, kept in step with the `Pool` resources in the store.
+
+A Pool resource names a place (this machine, a Ray cluster, a Kubernetes cluster) and its region; this
+set builds one driver per Pool through a registry keyed by `spec.type`, rebuilds a driver whose spec
+changed, and closes the driver of a Pool that was deleted. The Ray and Kubernetes drivers need optional
+packages; they are imported only when a Pool of their type exists, and a missing package becomes a
+condition on that Pool naming the extra to install, not a failed control plane.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from computenet.api import Pool, PoolSpec, PoolType
+from computenet.pools import LocalPool, PoolDriver
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    """What every driver of this control plane shares: where it keeps state, and KV-event wiring."""
+
+    state_dir: Path
+    kv_events: bool = False
+
+
+DriverFactory = Callable[[str, PoolSpec, DriverSettings], PoolDriver]
+
+
+def _local(name: str, spec: PoolSpec, settings: DriverSettings) -> PoolDriver:
+    return LocalPool(
+        name=name,
+        state_dir=settings.state_dir,
+        kv_events=settings.kv_events,
+        region=spec.region,
+        zone=spec.zone,
+        gpus=spec.gpus,
+    )
+
+
+def _imported(module: str, cls: str, extra: str) -> DriverFactory:
+    """A factory for a driver in an optional module; ImportError names the extra that provides it."""
+
+    def build(name: str, spec: PoolSpec, settings: DriverSettings) -> PoolDriver:
+        try:
+            driver_cls = getattr(importlib.import_module(module), cls)
+        except ImportError as exc:
+            raise DriverUnavailable(
+                f"the {spec.type} driver needs {exc.name or 'a package'}: pip install 'computenet[{extra}]'"
+            ) from None
+        driver: PoolDriver = driver_cls(name=name, spec=spec, state_dir=settings.state_dir)
+        return driver
+
+    return build
+
+
+DRIVERS: dict[PoolType, DriverFactory] = {
+    "local": _local,
+    "ray": _imported("computenet.pools.ray", "RayPool", "ray"),
+    "kubernetes": _imported("computenet.pools.kubernetes", "KubernetesPool", "kubernetes"),
+}
+
+
+class DriverUnavailable(RuntimeError):
+    """A Pool whose driver cannot be built here; the message says what to install or fix."""
+
+
+class PoolSet(Mapping[str, PoolDriver]):
+    """Drivers by pool name. `sync` follows the store; between syncs it is a read-only mapping."""
+
+    def __init__(
+        self, settings: DriverSettings | None, drivers: Mapping[PoolType, DriverFactory] | None = None
+    ) -> None:
+        """With `settings` None the set is fixed: it builds no driver and reports Pools without one."""
+        self._settings = settings
+        self._factories = dict(drivers or DRIVERS)
+        self._drivers: dict[str, PoolDriver] = {}
+        self._specs: dict[str, PoolSpec] = {}
+        self.problems: dict[str, str] = {}
+        """Per Pool: why it has no driver (what to install or fix)."""
+
+    @classmethod
+    def of(cls, drivers: Mapping[str, PoolDriver], settings: DriverSettings | None = None) -> PoolSet:
+        """A set of drivers made elsewhere (tests); `sync` keeps them."""
+        pool_set = cls(settings)
+        pool_set._drivers = dict(drivers)
+        return pool_set
+
+    def __getitem__(self, name: str) -> PoolDriver:
+        return self._drivers[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._drivers)
+
+    def __len__(self) -> int:
+        return len(self._drivers)
+
+    async def sync(self, pools: Sequence[Pool]) -> None:
+        """Build drivers for new Pools, rebuild changed ones, close those whose Pool is gone.
+
+        Drivers handed to `of` without a Pool of their own stay: they belong to whoever made them.
+        """
+        wanted = {p.name: p.spec for p in pools}
+        for name in [n for n in self._specs if n not in wanted or wanted[n] != self._specs[n]]:
+            log.info("pool %s: closing its driver (pool deleted or changed)", name)
+            driver = self._drivers.pop(name)
+            del self._specs[name]
+            await driver.close()
+        self.problems = {}
+        for name, spec in wanted.items():
+            if name in self._drivers:
+                continue  # built before, or made elsewhere and handed to `of`
+            if self._settings is None:
+                self.problems[name] = (
+                    "this control plane runs a fixed set of pools; it has no driver for this one"
+                )
+                continue
+            try:
+                self._drivers[name] = self._factories[spec.type](name, spec, self._settings)
+            except (DriverUnavailable, ValueError, OSError) as exc:
+                self.problems[name] = str(exc)
+                continue
+            self._specs[name] = spec
+            log.info("pool %s: %s driver in region %s", name, spec.type, spec.region)
+
+    async def close(self) -> None:
+        for name in list(self._drivers):
+            await self._drivers.pop(name).close()
+        self._specs.clear()
