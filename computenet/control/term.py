@@ -1,10 +1,11 @@
 """The leader's term: what a control-plane replica runs while it holds the lease.
 
-A term builds the pool drivers, clears endpoints the previous leader left for deployments
-that no longer exist (it may have died between a delete and the withdrawal), reconciles,
-and when the term ends (lease lost, shutdown) closes the drivers, so that no replica it
-started outlives its leadership. Its reconciler publishes endpoints into the store, where
-every control API replica serves them to the gateways.
+A term clears endpoints the previous leader left for deployments that no longer exist (it
+may have died between a delete and the withdrawal), builds the pool drivers from the Pools
+in the store, reconciles, and when the term ends (lease lost, shutdown) closes the drivers:
+a local pool's replicas stop with it (the next leader starts its own), a Kubernetes pool's
+keep running for the next leader to adopt. Its reconciler publishes endpoints into the
+store, where every control API replica serves them to the gateways.
 
 Between terms there is no reconciler here: the control API still answers (resources, keys,
 usage, endpoints) from the store, but replica facts live with the leader's drivers, so
