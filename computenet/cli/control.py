@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import uvicorn
@@ -124,7 +125,8 @@ def run_control(args: argparse.Namespace) -> int:
         print(f"error: cannot create the state directory {state_dir}: {exc.strerror}", file=sys.stderr)
         return 1
     identity = args.identity or os.environ.get(IDENTITY_ENV) or default_identity()
-    settings = _Settings(args, url, state_dir, identity, timings if args.leader_elect else None)
+    timed = timings if args.leader_elect else None
+    settings = _Settings(url, state_dir, identity, timed, args.host, args.port, args.auth, args.poll_interval)
     try:
         asyncio.run(_serve(settings, resources))
     except ImportError as exc:
@@ -136,12 +138,16 @@ def run_control(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
 class _Settings:
-    def __init__(
-        self, args: argparse.Namespace, url: str, state_dir: Path, identity: str, timings: LeaseTimings | None
-    ) -> None:
-        self.url, self.state_dir, self.identity, self.timings = url, state_dir, identity, timings
-        self.host, self.port, self.auth, self.poll_s = args.host, args.port, args.auth, args.poll_interval
+    url: str
+    state_dir: Path
+    identity: str
+    timings: LeaseTimings | None  # None: no leader election, this replica reconciles
+    host: str
+    port: int
+    auth: bool
+    poll_s: float
 
 
 class _Server(uvicorn.Server):

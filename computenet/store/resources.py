@@ -18,6 +18,8 @@ gateway replicas follow.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +46,8 @@ from .usage import UsageStore
 TOPIC = "resources"
 
 ApplyAction = Literal["created", "configured", "unchanged"]
+
+_SQLITE_BUSY_TIMEOUT_S = 5.0
 
 
 def sqlite_url(state_dir: Path) -> str:
@@ -246,10 +250,27 @@ def _now() -> datetime:
 
 def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(_SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Turn on WAL, waiting for other processes that open the same new file at the same moment.
+
+    Changing the journal mode takes an exclusive lock, and SQLite answers "database is locked"
+    at once instead of waiting out its busy timeout; once the file is in WAL mode, this is a no-op.
+    """
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # a driver thread, not the event loop
 
 
 async def _has_schema(session: AsyncSession) -> bool:
