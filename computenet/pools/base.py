@@ -99,4 +99,10 @@ class PoolDriver(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop every replica; nothing this driver started may outlive this call."""
+        """Let go of the pool: watches, connections, helper processes.
+
+        What happens to replicas depends on where they run. A `local` pool's replicas are this
+        process's children and stop with it. A remote pool's replicas (Ray actors, Kubernetes objects)
+        keep running, so that a restarted or failed-over control plane adopts them without a gap in
+        service; `stop` each one to remove it (the pool set does when a Pool is deleted).
+        """

@@ -18,6 +18,7 @@ from typing import Any
 from computenet import __version__
 from computenet.api import PoolSpec
 from computenet.engines import get_engine
+from computenet.engines.base import weights_ref
 
 from ..base import ReplicaSpec
 from ..local import render_launch
@@ -189,7 +190,7 @@ def prefetch_command(spec: ReplicaSpec, pool: PoolSpec) -> list[str] | None:
         script = "import sys; from modelscope import snapshot_download; snapshot_download(sys.argv[1])"
         return ["python3", "-c", script, source.removeprefix("modelscope://")]
     script = "import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1])"
-    return ["python3", "-c", script, source.removeprefix("hf://")]
+    return ["python3", "-c", script, weights_ref(source)]
 
 
 def _prefetch_container(spec: ReplicaSpec, pool: PoolSpec, command: list[str]) -> Manifest:
