@@ -111,14 +111,17 @@ class ResourceStore:
         return [(_to_resource(row), action) for row, action in results]
 
     async def _apply_all(self, resources: list[AnyResource]) -> list[tuple[ResourceRow, ApplyAction]]:
-        results: list[tuple[ResourceRow, ApplyAction]] = []
+        # Rows are locked in one order, (kind, name), whatever the file's order: two applies of the
+        # same objects listed differently then queue behind each other instead of deadlocking.
+        order = sorted(range(len(resources)), key=lambda i: (resources[i].kind, resources[i].name))
+        results: dict[int, tuple[ResourceRow, ApplyAction]] = {}
         async with self._sessions.begin() as session:
             await lock_for_write(session)
-            for resource in resources:
-                results.append(await _upsert(session, resource))
-            if any(action != "unchanged" for _, action in results):
+            for i in order:
+                results[i] = await _upsert(session, resources[i])
+            if any(action != "unchanged" for _, action in results.values()):
                 await bump(session, TOPIC)
-        return results
+        return [results[i] for i in range(len(resources))]
 
     async def get(self, kind: str, name: str) -> AnyResource:
         async with self._sessions() as session:

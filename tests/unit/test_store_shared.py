@@ -106,6 +106,21 @@ async def test_two_processes_creating_one_name_at_once_both_succeed(
     assert len(await second.list("Model")) == 1
 
 
+async def test_two_applies_listing_the_same_objects_in_opposite_orders_both_land(
+    pair: tuple[ResourceStore, ResourceStore],
+) -> None:
+    first, second = pair
+    models = [_model(f"m{i}") for i in range(8)]
+    await first.apply_all(models)
+    for round_ in range(5):  # each round: two processes update all eight, one reversed
+        forward = [_model(m.name, f"sim://a{round_}") for m in models]
+        backward = [_model(m.name, f"sim://b{round_}") for m in reversed(models)]
+        results = await asyncio.gather(first.apply_all(forward), second.apply_all(backward))
+        assert [r.name for r, _ in results[1]] == [m.name for m in reversed(models)]  # input order kept
+    sources = {m.spec.source for m in await second.list("Model") if isinstance(m, Model)}
+    assert len(sources) == 1  # one whole apply won: no object from one and the rest from the other
+
+
 async def test_published_endpoints_carry_a_revision_that_moves_only_on_change(
     pair: tuple[ResourceStore, ResourceStore],
 ) -> None:
