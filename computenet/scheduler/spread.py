@@ -2,8 +2,9 @@
 
 As Kubernetes' PodTopologySpread with `whenUnsatisfiable: DoNotSchedule`: a replica may go to a domain
 only if afterwards that domain holds at most `max_skew` more replicas than the emptiest eligible domain.
-A domain is eligible when it has a healthy node in the request's pools and GPU models: like Kubernetes'
-default `nodeAffinityPolicy: Honor`, domains the request may never use do not hold the minimum down.
+A domain is eligible when it has a healthy node in the request's pools and GPU models with at least as many
+GPUs as the request takes: like Kubernetes' default `nodeAffinityPolicy: Honor`, domains the request may
+never use (a GPU-less Ray head, say) do not hold the minimum down.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class SpreadFilter:
             return np.ones(state.node_count, dtype=bool)
         ids, counts = domain_counts(state, req, req.spread.key)
         selected = PoolFilter().feasible(state, req) & GpuTypeFilter().feasible(state, req)
+        selected &= state.gpu_count >= req.num_gpu
         live = np.unique(ids[state.node_healthy & selected])
         floor = counts[live].min() if live.size else 0
         return counts[ids] + 1 - floor <= req.spread.max_skew

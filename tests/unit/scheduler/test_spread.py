@@ -148,3 +148,13 @@ def test_nodes_outside_the_requested_pools_do_not_hold_the_floor_down() -> None:
     assert passing(state, SpreadFilter(), replace(by_node, name="api-2")) == {"onprem", "c1", "c2"}
     by_zone = replace(api, name="api-2", spread=Spread("zone", 1))
     assert passing(state, SpreadFilter(), by_zone) == {"onprem", "c1", "c2"}  # zone a is no domain of api's
+
+
+def test_nodes_without_enough_gpus_do_not_hold_the_floor_down() -> None:
+    # a Ray cluster's GPU-less head is a node too: a GPU replica can never land there, so it must not
+    # count as an empty domain that keeps every replica off the one GPU node left
+    state = cluster(node("head", 0), node("gpu", 4))
+    bind(state, replica(0), "gpu", [0])
+    assert "gpu" in passing(state, SpreadFilter(), replica(1))  # (the head fails the fit filter, not this)
+    cpu_only = replace(replica(1), num_gpu=0, gpu_milli=0)
+    assert passing(state, SpreadFilter(), cpu_only) == {"head"}  # a CPU replica still spreads to the head
