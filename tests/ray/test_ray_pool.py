@@ -67,6 +67,12 @@ def ready(*names: str) -> Callable[[dict[str, ReplicaState]], bool]:
     return lambda states: all(n in states and states[n].phase == ReplicaPhase.READY for n in names)
 
 
+def environ(pid: int | None) -> dict[str, str]:
+    """The environment a process on this machine was started with."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
 def alive(pid: int | None) -> bool:
     if pid is None:
         return False
@@ -96,9 +102,7 @@ async def test_a_replica_runs_on_its_node_with_its_gpus_serves_and_stops(pool: R
     assert state.node == a10g.name and state.url is not None
     assert state.url.startswith(f"http://{a10g.address}:")
     assert len(state.spec.gpu_ids) == 2 and set(state.spec.gpu_ids) <= {0, 1, 2, 3}
-    environ = Path(f"/proc/{state.pid}/environ").read_bytes().split(b"\0")
-    visible = ",".join(str(i) for i in state.spec.gpu_ids)
-    assert f"CUDA_VISIBLE_DEVICES={visible}".encode() in environ
+    assert environ(state.pid)["CUDA_VISIBLE_DEVICES"] == ",".join(str(i) for i in state.spec.gpu_ids)
 
     async with httpx.AsyncClient(timeout=10) as client:
         resp = await client.post(
