@@ -7,7 +7,7 @@ from .kinds import KINDS, PLURALS, AnyResource, kind_from_user
 from .loading import ManifestError, Problem, load_documents, load_file, load_text, parse_resource
 from .meta import API_VERSION, Condition, ConfigStatus, ObjectMeta, Resource, transition
 from .models import Model, ModelSpec
-from .pools import DeclaredGpus, NodeInfo, Pool, PoolSpec, PoolStatus, PoolType
+from .pools import DeclaredGpus, ModelCache, NodeInfo, Pool, PoolSpec, PoolStatus, PoolType
 from .providers import Price, Provider, ProviderModel, ProviderSpec, SecretRef
 from .routes import RateLimits, Route, RouteSpec, Target
 from .routing import DEFAULT_PRESET, FilterRef, PolicySpec, PresetName, ScorerRef
@@ -36,6 +36,7 @@ __all__ = [
     "KeyLimits",
     "ManifestError",
     "Model",
+    "ModelCache",
     "ModelSpec",
     "NodeInfo",
     "ObjectMeta",

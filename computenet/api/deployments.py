@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .meta import CamelModel, Condition, Resource
 from .models import EngineName
@@ -30,6 +30,18 @@ class Resources(CamelModel):
     gpu_memory_gb: float | None = Field(default=None, gt=0)
     cpu: float | None = Field(default=None, gt=0)
     memory_gb: float | None = Field(default=None, gt=0)
+    # A model too big for one node runs tensor-parallel across several (a LeaderWorkerSet on Kubernetes):
+    # `gpus` is then the replica's total, split evenly over `nodes`.
+    nodes: int = Field(default=1, ge=1, description="nodes one replica spans; gpus must divide evenly")
+
+    @model_validator(mode="after")
+    def _gpus_split_over_nodes(self) -> Resources:
+        if self.nodes > 1 and (self.gpus == 0 or self.gpus % self.nodes):
+            raise ValueError(
+                f"resources.gpus ({self.gpus}) must be a multiple of resources.nodes ({self.nodes}): "
+                "each node of a multi-node replica runs the same number of GPUs"
+            )
+        return self
 
 
 class Role(CamelModel):

@@ -25,6 +25,22 @@ class DeclaredGpus(CamelModel):
     memory_gb: float = Field(default=80.0, gt=0)
 
 
+class ModelCache(CamelModel):
+    """Where a `kubernetes` pool keeps model weights across pod restarts, so a restart does not download them
+    again: an existing PersistentVolumeClaim (shared by every replica: ReadWriteMany, or ReadOnlyMany when
+    something else fills it) or a directory on each node (hostPath: each node downloads once)."""
+
+    claim_name: str | None = Field(default=None, min_length=1, description="a PersistentVolumeClaim's name")
+    host_path: str | None = Field(default=None, pattern=r"^/", description="a directory on every node")
+    mount_path: str = Field(default="/models", pattern=r"^/", description="where pods see the cache")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelCache:
+        if (self.claim_name is None) == (self.host_path is None):
+            raise ValueError("spec.modelCache takes one of claimName (a PVC) or hostPath (a node directory)")
+        return self
+
+
 class PoolSpec(CamelModel):
     type: PoolType = "local"
     region: str = Field(default="local", min_length=1)
@@ -43,6 +59,14 @@ class PoolSpec(CamelModel):
     )
     gpus: list[DeclaredGpus] = Field(default_factory=list, description="local: simulated GPUs for `sim`")
     labels: dict[str, str] = Field(default_factory=dict, description="added to every node of the pool")
+    # Kubernetes pods need an image and somewhere to keep weights; local and Ray pools run on hosts that
+    # already have both.
+    image: str | None = Field(
+        default=None, min_length=1, description="kubernetes: the engine's container image; default per engine"
+    )
+    model_cache: ModelCache | None = Field(
+        default=None, description="kubernetes: a volume for model weights, mounted in every replica's pod"
+    )
 
     @model_validator(mode="after")
     def _fields_fit_type(self) -> PoolSpec:
@@ -52,6 +76,8 @@ class PoolSpec(CamelModel):
             raise ValueError(f"spec.address is for ray pools; a {self.type} pool takes no address")
         if self.type != "kubernetes" and (self.kubeconfig or self.context):
             raise ValueError(f"spec.kubeconfig and spec.context are for kubernetes pools, not {self.type}")
+        if self.type != "kubernetes" and (self.image or self.model_cache):
+            raise ValueError(f"spec.image and spec.modelCache are for kubernetes pools, not {self.type}")
         if self.type != "local" and self.gpus:
             raise ValueError(
                 f"spec.gpus declares simulated GPUs of a local pool; a {self.type} pool reports its own"

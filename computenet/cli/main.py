@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
     from . import bench, gateway, sched, simulate
+    from . import render as render_command
 
     keys.add_commands(add, common)
     usage.add_commands(add)
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_commands(add)
     simulate.add_commands(add)
     sched.add_commands(add)
+    render_command.add_commands(add)
     return parser
 
 
@@ -112,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `computenet render ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(141)
 
 
 def _fail(message: str, code: int, prefix: str = "") -> None:

@@ -37,6 +37,7 @@ def desired_replicas(deployment: Deployment, model: Model) -> list[ReplicaSpec]:
             gpu_type=role.resources.gpu_type,
             cpu=role.resources.cpu,
             memory_gb=role.resources.memory_gb,
+            nodes=role.resources.nodes,
             initial_backoff_s=spec.restart_policy.initial_backoff_s,
             max_backoff_s=spec.restart_policy.max_backoff_s,
         )

@@ -66,6 +66,14 @@ DRIVERS: dict[PoolType, DriverFactory] = {
 }
 
 
+async def _stop_all(driver: PoolDriver) -> None:
+    try:
+        for state in await driver.replicas():
+            await driver.stop(state.name)
+    except Exception:  # an unreachable pool: its replicas are beyond reach, and the Pool is gone anyway
+        log.exception("pool %s: could not stop its replicas", driver.name)
+
+
 class DriverUnavailable(RuntimeError):
     """A Pool whose driver cannot be built here; the message says what to install or fix."""
 
@@ -101,15 +109,22 @@ class PoolSet(Mapping[str, PoolDriver]):
         return len(self._drivers)
 
     async def sync(self, pools: Sequence[Pool]) -> None:
-        """Build drivers for new Pools, rebuild changed ones, close those whose Pool is gone.
+        """Build drivers for new Pools, rebuild changed ones, remove those whose Pool is gone.
 
-        Drivers handed to `of` without a Pool of their own stay: they belong to whoever made them.
+        A changed Pool's driver is closed and built again: remote replicas are adopted by the new one.
+        A deleted Pool's replicas are stopped first, since nothing would ever adopt them; the
+        reconciler then places them on the pools that are left. Drivers handed to `of` without a
+        Pool of their own stay: they belong to whoever made them.
         """
         wanted = {p.name: p.spec for p in pools}
         for name in [n for n in self._specs if n not in wanted or wanted[n] != self._specs[n]]:
-            log.info("pool %s: closing its driver (pool deleted or changed)", name)
             driver = self._drivers.pop(name)
             del self._specs[name]
+            if name not in wanted:
+                log.info("pool %s: deleted; stopping its replicas", name)
+                await _stop_all(driver)
+            else:
+                log.info("pool %s: changed; rebuilding its driver", name)
             await driver.close()
         self.problems = {}
         for name, spec in wanted.items():

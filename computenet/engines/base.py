@@ -26,6 +26,21 @@ class LaunchSpec:
     gpus: int = 0
 
 
+HUB_SCHEMES = ("hf://", "modelscope://")
+
+
+def weights_ref(source: str) -> str:
+    """What an engine's model argument takes: a path as is, a hub id without its `hf://` scheme.
+
+    vLLM and SGLang read a bare `org/name` as a Hugging Face id (or a ModelScope one with
+    `VLLM_USE_MODELSCOPE` / `SGLANG_USE_MODELSCOPE` set); they do not know our scheme prefixes.
+    """
+    for scheme in HUB_SCHEMES:
+        if source.startswith(scheme):
+            return source.removeprefix(scheme)
+    return source
+
+
 @dataclass(frozen=True, slots=True)
 class EngineLoad:
     """A replica's live load, read from its /metrics; the routing and autoscaling signals.

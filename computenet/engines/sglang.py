@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg
+from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg, weights_ref
 from .metrics import Sample, SeriesReader, mean, series, total
 
 # Names from sglang/srt/metrics/collector.py.
@@ -76,7 +76,7 @@ class SglangAdapter:
     metrics_path: str = "/metrics"
 
     def command(self, spec: LaunchSpec) -> list[str]:
-        argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", spec.source]
+        argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", weights_ref(spec.source)]
         argv += ["--host", spec.host, "--port", str(spec.port), "--served-model-name", spec.served_name]
         argv += args_to_flags(spec.args)
         if spec.gpus > 1 and not has_arg(spec.args, "tp_size", "tensor_parallel_size"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg
+from .base import EngineLoad, LaunchSpec, args_to_flags, has_arg, weights_ref
 from .metrics import Sample, SeriesReader, latest, mean, split_label, total
 
 # Names from vllm/v1/metrics/loggers.py; the `gpu_` spellings are vLLM's before 0.10.
@@ -96,7 +96,7 @@ class VllmAdapter:
     metrics_path: str = "/metrics"
 
     def command(self, spec: LaunchSpec) -> list[str]:
-        argv = ["vllm", "serve", spec.source, "--host", spec.host, "--port", str(spec.port)]
+        argv = ["vllm", "serve", weights_ref(spec.source), "--host", spec.host, "--port", str(spec.port)]
         argv += ["--served-model-name", spec.served_name, *args_to_flags(spec.args)]
         if spec.gpus > 1 and not has_arg(spec.args, "tensor_parallel_size"):
             argv += ["--tensor-parallel-size", str(spec.gpus)]

@@ -33,6 +33,7 @@ class ReplicaSpec:
     gpu_type: str | None = None
     cpu: float | None = None  # cores to reserve (Kubernetes requests, Ray num_cpus); None: the pool's default
     memory_gb: float | None = None
+    nodes: int = 1  # nodes one replica spans (multi-node tensor parallelism); `gpus` is the total over them
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     template_hash: str = ""
@@ -98,4 +99,10 @@ class PoolDriver(Protocol):
         ...
 
     async def close(self) -> None:
-        """Stop every replica; nothing this driver started may outlive this call."""
+        """Let go of the pool: watches, connections, helper processes.
+
+        What happens to replicas depends on where they run. A `local` pool's replicas are this
+        process's children and stop with it. A remote pool's replicas (Ray actors, Kubernetes objects)
+        keep running, so that a restarted or failed-over control plane adopts them without a gap in
+        service; `stop` each one to remove it (the pool set does when a Pool is deleted).
+        """

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from computenet.engines import EngineLoad, LaunchSpec, args_to_flags
+from computenet.engines import EngineAdapter, EngineLoad, LaunchSpec, args_to_flags
 from computenet.engines.metrics import MetricsParseError, SeriesReader, sample_sums, sample_values
 from computenet.engines.sglang import SglangAdapter
 from computenet.engines.sim import SimAdapter
@@ -180,6 +180,13 @@ def test_vllm_command_passes_args_as_flags() -> None:
         "vllm", "serve", "Qwen/Qwen2.5-7B-Instruct", "--host", "0.0.0.0", "--port", "8001",
         "--served-model-name", "qwen", "--max-num-seqs", "8", "--enforce-eager",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("adapter", [VllmAdapter(), SglangAdapter()])
+def test_hub_sources_reach_the_engine_as_bare_ids(adapter: EngineAdapter) -> None:
+    argv = adapter.command(spec(source="hf://meta-llama/Llama-3.1-8B-Instruct"))
+    assert "meta-llama/Llama-3.1-8B-Instruct" in argv and not any("hf://" in a for a in argv)
+    assert "/models/llama" in adapter.command(spec(source="/models/llama"))
 
 
 def test_vllm_command_sets_tensor_parallel_from_gpus() -> None:
