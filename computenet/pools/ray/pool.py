@@ -18,11 +18,10 @@ Design, and why:
   `stop()`, is `Lost`. Ray does not restart it (`max_restarts=0`), since the node it was pinned to is
   gone; the reconciler places it anew on the nodes that are left.
 
-`close()` stops the agent and this driver's background work, and leaves the replica actors running:
-on Ray, replicas are meant to outlive a control plane (that is what makes adoption possible), unlike
-the local pool, whose replicas are its children. The protocol's "nothing may outlive close()" holds
-for every process this driver started on *this* machine; replicas on the cluster end when the
-reconciler stops them (a deleted or scaled-down deployment), or with `stop_all()`.
+`close()` lets go of the cluster (the agent, the refresh task, the probe session) and leaves the
+replica actors running, as the `PoolDriver` protocol asks of remote pools: a restarted control plane
+adopts them without a gap in service. A replica ends when it is stopped (`stop`, which the reconciler
+calls for a deployment scaled down or deleted, and the pool set for every replica of a deleted Pool).
 """
 
 from __future__ import annotations
@@ -108,11 +107,6 @@ class RayPool:
             self._stopping.discard(name)
             self._seen.pop(name, None)
             self._publish()
-
-    async def stop_all(self) -> None:
-        """Stop every replica of this pool on the cluster, adopted ones included (tear-down, tests)."""
-        await self._ensure_refreshing()
-        await asyncio.gather(*(self.stop(name) for name in list(self._seen)))
 
     async def replicas(self) -> list[ReplicaState]:
         await self._ensure_refreshing()

@@ -18,7 +18,7 @@ from computenet.api import NodeInfo, PoolSpec
 from computenet.pools import ReplicaPhase, ReplicaSpec, ReplicaState
 from computenet.pools.ray import RayPool
 
-from .cluster import RayCluster
+from .cluster import RayCluster, stop_replicas
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +29,7 @@ async def pool(ray_cluster: RayCluster, tmp_path: Path) -> AsyncIterator[RayPool
     try:
         yield driver
     finally:
-        await driver.stop_all()
+        await stop_replicas(driver)
         await driver.close()
 
 
@@ -158,7 +158,7 @@ async def test_a_new_driver_adopts_running_replicas_and_survives_its_agent(
         after = await until(second, ready("web-server-0", "web-server-1"))
         assert {n: s.pid for n, s in after.items()} == {n: s.pid for n, s in before.items()}
     finally:
-        await second.stop_all()
+        await stop_replicas(second)
         await asyncio.gather(second.close(), other.close())
     assert not any(alive(s.pid) for s in before.values())
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import pytest
 
+from computenet.pools import PoolDriver
 from computenet.pools.processes import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 60.0
 HEAD_IP = "127.0.0.2"
 # Node death is noticed by the GCS missing health checks: 3 misses 0.5 s apart here instead of the
@@ -145,3 +146,9 @@ def session_pids(session: int) -> list[int]:
             if fields[0] != "Z" and int(fields[3]) == session:
                 found.append(int(entry.name))
     return found
+
+
+async def stop_replicas(pool: PoolDriver) -> None:
+    """Stop every replica of a Ray pool: `close()` leaves them running, for the next driver to adopt."""
+    for state in await pool.replicas():
+        await pool.stop(state.name)
