@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -32,6 +33,7 @@ from . import cluster
 
 DEFAULT_NAMESPACE = "computenet"
 MAX_CONCURRENT_REQUESTS = 16
+REACH_TIMEOUT_S = 5.0
 
 Op = Callable[[Mapping[str, Any]], Any]
 
@@ -86,6 +88,23 @@ def _protocol_stdout() -> IO[str]:
     return out
 
 
+def reachability_problem(address: str, timeout_s: float = REACH_TIMEOUT_S) -> str | None:
+    """Why `address` cannot be reached, or None if a TCP connection to it succeeds (or it is not host:port).
+
+    `ray.init` against an address where nothing answers retries for minutes before it gives up; a
+    plain connection attempt first turns a wrong address or a cluster that is down into an error
+    within seconds, naming the address.
+    """
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"cannot reach the Ray cluster at {address} (spec.address): {exc.strerror or exc}"
+    return None
+
+
 def _reply(replies: Replies, request: Mapping[str, Any]) -> None:
     replies.send(answer(request))
 
@@ -112,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     replies = Replies(_protocol_stdout())
+    unreachable = reachability_problem(args.address)
+    if unreachable is not None:
+        replies.send({"fatal": unreachable})
+        return 2
     try:
         ray.init(
             address=args.address,

@@ -23,7 +23,7 @@ from .. import processes
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 60.0  # ray.init against a cluster that is slow to answer
+CONNECT_TIMEOUT_S = 30.0  # ray.init against a cluster that answers but is slow to let us in
 REQUEST_TIMEOUT_S = 30.0
 STREAM_LIMIT_BYTES = 64 * 2**20  # one reply may carry many replicas' facts, or a long log
 
