@@ -70,13 +70,15 @@ class RayCluster:
         self.temp_dir = temp_dir
         self.port = free_port()
         self.address = f"{HEAD_IP}:{self.port}"
+        self.client_port = free_port()
+        self.client_address = f"ray://{HEAD_IP}:{self.client_port}"  # Ray Client, for drivers off the cluster
         self.nodes: dict[str, Node] = {}
 
     def start(self, workers: dict[str, tuple[str, int, str]]) -> None:
         """Start the head, then the workers (`name -> (ip, GPUs, GPU model)`), one at a time: raylets
         starting together on one machine race for the same socket names."""
         head = ["--head", "--port", str(self.port), "--num-gpus", "0", "--include-dashboard=false"]
-        head += ["--ray-client-server-port", str(free_port()), "--dashboard-port", str(free_port())]
+        head += ["--ray-client-server-port", str(self.client_port), "--dashboard-port", str(free_port())]
         self._wait({"head": self._spawn("head", HEAD_IP, head, FAST_FAILURE_DETECTION)})
         for name, (ip, gpus, model) in workers.items():
             self._wait({name: self._spawn(name, ip, worker_args(gpus, model), {})})

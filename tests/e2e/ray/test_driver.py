@@ -163,6 +163,21 @@ async def test_a_new_driver_adopts_running_replicas_and_survives_its_agent(
     assert not any(alive(s.pid) for s in before.values())
 
 
+async def test_a_pool_reached_through_ray_client_runs_replicas_too(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    spec = PoolSpec(type="ray", address=ray_cluster.client_address)
+    pool = RayPool(name="gpus", spec=spec, state_dir=tmp_path)
+    try:
+        a10g = await node_of(pool, "A10G")
+        await pool.start(sim("web-server-0", a10g))
+        state = (await until(pool, ready("web-server-0")))["web-server-0"]
+        assert state.node == a10g.name
+    finally:
+        await stop_replicas(pool)
+        await pool.close()
+
+
 async def test_killing_a_node_makes_its_replicas_lost(pool: RayPool, ray_cluster: RayCluster) -> None:
     h100, a10g = await node_of(pool, "H100"), await node_of(pool, "A10G")
     await pool.start(sim("web-server-0", h100))
