@@ -213,6 +213,13 @@ class RayPool:
         states = {name: replica_state(self.name, seen, self._alive) for name, seen in self._seen.items()}
         for name in self._stopping & states.keys():
             states[name] = replace(states[name], phase=ReplicaPhase.STOPPING, url=None)
-        if states != self._states:
-            self._states = states
-            self._changed.set()
+        if states == self._states:
+            return
+        for name, state in states.items():
+            was = self._states.get(name)
+            if was is None or was.phase != state.phase:
+                log.info(
+                    "pool %s: replica %s %s (%s)", self.name, name, state.phase.value, state.message or "ok"
+                )
+        self._states = states
+        self._changed.set()

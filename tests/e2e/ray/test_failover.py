@@ -55,22 +55,25 @@ spec:
 @dataclass
 class Fleet:
     pools: PoolSet
+    gateway: Gateway
     url: str
 
     async def replicas(self) -> dict[str, ReplicaState]:
         return {s.name: s for s in await self.pools["ray"].replicas()}
 
+    def published(self) -> set[str]:
+        """The URLs the gateway sends requests for `llm` to."""
+        web = self.gateway.registry.deployment("web")
+        return {u.origin.url for u in web.upstreams} if web is not None else set()
+
     async def until_ready_on(self, nodes: set[str], timeout_s: float = 60) -> dict[str, ReplicaState]:
-        """Wait until both replicas are ready, on exactly `nodes`."""
+        """Wait until both replicas are ready on exactly `nodes` and the gateway sends to both (the
+        reconciler publishes a replica in the pass after its pool reports it ready)."""
         async with asyncio.timeout(timeout_s):
             while True:
                 states = await self.replicas()
-                placed = {s.node for s in states.values() if s.phase == ReplicaPhase.READY}
-                if (
-                    len(states) == 2
-                    and placed == nodes
-                    and all(s.phase == ReplicaPhase.READY for s in states.values())
-                ):
+                ready = {s.url: s.node for s in states.values() if s.phase == ReplicaPhase.READY}
+                if len(ready) == 2 and set(ready.values()) == nodes and self.published() == set(ready):
                     return states
                 await asyncio.sleep(0.1)
 
@@ -88,7 +91,7 @@ async def fleet(ray_cluster: RayCluster, tmp_path: Path) -> AsyncIterator[Fleet]
             while "ray" not in pools:  # the reconciler's first pass builds the pool's driver
                 await asyncio.sleep(0.05)
         async with serve(GatewayApp(gateway)) as url:
-            yield Fleet(pools, url)
+            yield Fleet(pools, gateway, url)
     finally:
         reconciler.cancel()
         await asyncio.gather(reconciler, return_exceptions=True)
