@@ -1,4 +1,8 @@
-"""Suite-wide fixtures. Every async test fails if it leaves asyncio tasks running."""
+"""Suite-wide fixtures. Every async test fails if it leaves asyncio tasks running.
+
+The PostgreSQL fixtures (`database_url`, `postgres_url`, `postgres_server`) live in
+`postgres_server.py`; they are imported here so that every test module can ask for them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ import inspect
 from collections.abc import AsyncIterator
 
 import pytest
+from postgres_server import database_url, postgres_server, postgres_url
+
+__all__ = ["database_url", "postgres_server", "postgres_url"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

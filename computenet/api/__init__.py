@@ -1,7 +1,7 @@
 """Resource schemas (pydantic), YAML loading and validation errors. Imports nothing of ours."""
 
 from .deployments import Deployment, DeploymentSpec, DeploymentStatus, Resources, Role, RoleStatus
-from .endpoints import Endpoint, EndpointSink
+from .endpoints import Endpoint, EndpointSink, PublishedEndpoints
 from .keys import ApiKey, KeyLimits, hash_key, key_id_of, mint_key
 from .kinds import KINDS, PLURALS, AnyResource, kind_from_user
 from .loading import ManifestError, Problem, load_documents, load_file, load_text, parse_resource
@@ -51,6 +51,7 @@ __all__ = [
     "Provider",
     "ProviderModel",
     "ProviderSpec",
+    "PublishedEndpoints",
     "RateLimits",
     "Resource",
     "Resources",

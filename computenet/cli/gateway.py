@@ -2,6 +2,7 @@
 
     computenet gateway --port 4000 --model llama --upstream http://10.0.0.5:8000,http://10.0.0.6:8000
     computenet gateway -f gateway.yaml        # Providers, Routes, Tenants and APIKeys
+    computenet gateway --control http://computenet-control:8081 --redis redis://redis:6379/0
     computenet gateway --model llama --upstream http://a:8000,http://b:8000 --engine vllm \
         --kv-events tcp://a:5557,tcp://b:5557 --policy precise-prefix --max-in-flight auto
 
@@ -9,7 +10,10 @@ This is how people run a LiteLLM proxy today. Upstreams are any OpenAI-compatibl
 servers unless `--engine` says what they run: then the gateway reads their load from
 /metrics, and with `--kv-events` (one publisher per upstream, in the same order) follows
 their KV caches for precise prefix routing; `--max-in-flight auto` sizes each model's
-admission gate from the KV-cache size those metrics report. With `--workers N` uvicorn starts N
+admission gate from the KV-cache size those metrics report. With `--control URL` the gateway
+follows the endpoints a distributed control plane publishes (`computenet control`; any number
+of gateways may follow one; `$COMPUTENET_API_KEY` is sent when its API needs a key), and
+`--redis` shares rate limits and budgets among them. With `--workers N` uvicorn starts N
 processes on one socket; each builds its own gateway from the same arguments, which
 travel to them in an environment variable (uvicorn re-imports the app per worker).
 """
@@ -49,6 +53,7 @@ from computenet.engines.sizing import AUTO, DEFAULT_PER_REPLICA, MaxInFlight, pa
 from computenet.gateway import ConfigError, Gateway, GatewayApp
 from computenet.gateway.admission import Gates
 from computenet.gateway.auth import KeyBook
+from computenet.gateway.control_feed import ControlFeed
 from computenet.gateway.guards import Guards
 from computenet.gateway.limits import (
     BudgetLedger,
@@ -64,6 +69,7 @@ from computenet.gateway.routing.presets import PRESETS
 from computenet.gateway.tracing import Tracer
 from computenet.store import ResourceStore
 
+from .client import API_KEY_ENV
 from .main import port_number
 
 ARGS_ENV = "COMPUTENET_GATEWAY_ARGS"
@@ -73,6 +79,12 @@ STATIC_DEPLOYMENT = "upstream"
 def add_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("gateway", help="run the gateway alone in front of static upstreams or a file of routes")
     p.add_argument("-f", "--filename", type=Path, help="Providers, Routes, Tenants and APIKeys (YAML)")
+    p.add_argument(
+        "--control",
+        metavar="URL",
+        help="follow the endpoints published by this control API (`computenet control`), e.g. "
+        "http://computenet-control:8081",
+    )
     p.add_argument("--model", help="public model name served by --upstream")
     p.add_argument("--upstream", help="comma-separated base URLs of OpenAI-compatible servers")
     p.add_argument(
@@ -159,6 +171,7 @@ def run_gateway(args: argparse.Namespace) -> int:
         "queue_timeout": args.queue_timeout,
         "access_log": args.access_log,
         "usage_db": args.usage_db,
+        "control": args.control,
         "region": args.region,
     }
     try:
@@ -199,8 +212,10 @@ def run_gateway(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.filename is None and (args.model is None or args.upstream is None):
-        raise ValueError("give --model NAME --upstream URL[,URL...], or -f FILE (or both)")
+    if args.filename is None and args.control is None and (args.model is None or args.upstream is None):
+        raise ValueError("give --model NAME --upstream URL[,URL...], --control URL or -f FILE (or several)")
+    if args.control is not None and not args.control.startswith(("http://", "https://")):
+        raise ValueError(f"--control must be the control API's http:// or https:// URL, got {args.control!r}")
     if (args.model is None) != (args.upstream is None):
         raise ValueError("--model and --upstream go together: the name clients use, and where it is served")
     if (args.kv_events or args.kv_events_replay) and not args.engine:
@@ -269,6 +284,9 @@ def build_app(settings: dict[str, Any]) -> GatewayApp:
         providers=[r for r in resources if isinstance(r, Provider)],
     )
     gateway.guards.configure_tenants([r for r in resources if isinstance(r, Tenant)])
+    if settings.get("control"):
+        feed = ControlFeed(settings["control"], gateway.registry, api_key=os.environ.get(API_KEY_ENV))
+        gateway.sources.append(feed)
     return GatewayApp(gateway)
 
 

@@ -74,12 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("version", help="print client and server versions")
 
     # Commands that need no control plane set `run` (args -> exit status) on their parser.
-    from . import bench, gateway, sched, simulate
+    from . import bench, control, gateway, sched, simulate
     from . import render as render_command
 
     keys.add_commands(add, common)
     usage.add_commands(add)
     gateway.add_commands(add)
+    control.add_commands(add)
     bench.add_commands(add)
     simulate.add_commands(add)
     sched.add_commands(add)
@@ -89,9 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    state_dir = (
-        getattr(args, "state_dir", None) or Path(os.environ.get("COMPUTENET_STATE_DIR", DEFAULT_STATE_DIR))
-    ).expanduser()
+    state_dir = state_dir_of(args)
     try:
         if args.command == "up":
             from .up import run_up  # starts servers: import only when needed
@@ -117,6 +116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:  # `computenet render ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         sys.exit(141)
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """`--state-dir`, else $COMPUTENET_STATE_DIR, else ~/.computenet."""
+    given = getattr(args, "state_dir", None)
+    return (given or Path(os.environ.get("COMPUTENET_STATE_DIR", DEFAULT_STATE_DIR))).expanduser()
 
 
 def _fail(message: str, code: int, prefix: str = "") -> None:

@@ -19,14 +19,13 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from computenet.store import ResourceStore, SchemaTooNew
 
 from .client import CliError, ControlClient
+from .dburl import database_url, driver_missing
 from .output import COLUMNS, Row, table
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")  # the control API reads the same forms
@@ -86,34 +85,14 @@ def cmd_usage(client: ControlClient, args: argparse.Namespace) -> None:
 
 
 def _usage_db(url: str) -> str:
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise CliError(
-            f"error: --usage-db: {url!r} is not a database URL; "
-            "give sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...",
-            exit_code=2,
-        ) from None
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
-        raise CliError(
-            f"error: --usage-db: {parsed.get_backend_name()} is not supported; "
-            "give sqlite+aiosqlite:///usage.db or postgresql+asyncpg://...",
-            exit_code=2,
-        )
-    # Opening a store creates its tables: a mistyped path would read as "no usage" from a new file.
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        raise CliError(f"error: --usage-db: no database file at {parsed.database!r}", exit_code=2)
-    return url
+    return database_url("--usage-db", url, example="usage.db", must_exist=True)
 
 
 async def _read_db(url: str, tenant: str | None, since: float | None, until: float | None) -> list[Row]:
     try:
         store = await ResourceStore.open(url)
     except ImportError as exc:
-        raise CliError(
-            f"error: --usage-db: the database driver {exc.name} is not installed; pip install it",
-            exit_code=2,
-        ) from None
+        raise driver_missing("--usage-db", exc) from None
     except (OSError, ValueError, SQLAlchemyError, SchemaTooNew) as exc:
         bad_url = isinstance(exc, ArgumentError)  # e.g. an unknown driver: the user's input, exit 2
         message = f"error: --usage-db: cannot read {url}: {exc}".splitlines()[0]

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -50,6 +51,12 @@ BODY_TIMEOUT_S = 30.0
 SCRAPE_INTERVAL_S = 0.1  # engines' /metrics; figures older than 2 s are ignored (routing/signals.py)
 WATCH_AFTER_S = 0.25  # a client that hangs up is noticed this long into its request at the latest
 COMPLETION_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings"}
+
+
+class EndpointSource(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Gateway:
@@ -117,6 +124,9 @@ class Gateway:
             )
         # Replicas come and go under new names: drop the breakers of those that are gone.
         self.registry.on_change(self._forget_gone)
+        # What keeps the registry filled from elsewhere (the control API's endpoints, in the
+        # distributed mode): started with the gateway, closed before it.
+        self.sources: list[EndpointSource] = []
 
     def configure(
         self, routes: Sequence[Route] = (), providers: Sequence[Provider] = (), *, strict: bool = True
@@ -142,12 +152,16 @@ class Gateway:
     async def start(self) -> None:
         await self.guards.start()
         await self.feeds.start()
+        for source in self.sources:
+            await source.start()
         # Everything allocated so far (modules, config) lives as long as the process: keep it
         # out of the collector's full passes, which otherwise walk it every few thousand requests.
         gc.collect()
         gc.freeze()
 
     async def close(self) -> None:
+        for source in self.sources:
+            await source.close()
         await self.feeds.close()
         await self.guards.close()
         await self.pool.close()

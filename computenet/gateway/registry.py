@@ -101,6 +101,10 @@ class EndpointRegistry:
         self._rebuild()
 
     async def withdraw(self, deployment: str) -> None:
+        self.withdraw_now(deployment)
+
+    def withdraw_now(self, deployment: str) -> None:
+        """`withdraw` for callers that follow another source synchronously (the control feed)."""
         self._deployments.pop(deployment, None)
         self._rebuild()
 

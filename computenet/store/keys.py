@@ -20,22 +20,22 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from computenet.api import ApiKey, KeyLimits, hash_key, mint_key
 
+from .changes import Watchers, bump
 from .errors import NotFound
 from .tables import ApiKeyRow
 
 KIND = "ApiKey"  # what NotFound names
+TOPIC = "keys"
 
 
 class KeyStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._watchers: set[asyncio.Event] = set()
+        self.watchers = Watchers()
 
     def watch(self) -> asyncio.Event:
         """An event set after every key change (create, revoke); clear it after waking up."""
-        waiter = asyncio.Event()
-        self._watchers.add(waiter)
-        return waiter
+        return self.watchers.watch()
 
     async def create(
         self,
@@ -61,7 +61,8 @@ class KeyStore:
         )
         async with self._sessions.begin() as session:
             session.add(row)
-        self._notify()
+            await bump(session, TOPIC)
+        self.watchers.notify()
         return _to_key(row), text
 
     async def get(self, key_id: str) -> ApiKey:
@@ -74,8 +75,10 @@ class KeyStore:
             row = await _row(session, key_id)
             changed = not row.revoked
             row.revoked = True
+            if changed:
+                await bump(session, TOPIC)
         if changed:
-            self._notify()
+            self.watchers.notify()
         return _to_key(row)
 
     async def list_active(self, now: float | None = None) -> builtins.list[ApiKey]:
@@ -91,10 +94,6 @@ class KeyStore:
         query = select(ApiKeyRow).filter_by(**where).order_by(ApiKeyRow.created_at, ApiKeyRow.key_id)
         async with self._sessions() as session:
             return [_to_key(row) for row in await session.scalars(query)]
-
-    def _notify(self) -> None:
-        for waiter in self._watchers:
-            waiter.set()
 
 
 async def _row(session: AsyncSession, key_id: str) -> ApiKeyRow:

@@ -15,8 +15,11 @@ from sqlalchemy import JSON, Boolean, Date, DateTime, Float, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump with a migration in store/migrations when a table changes shape. A new table
-# needs no bump: `create_all` adds it to an existing database and older code ignores it.
-SCHEMA_VERSION = 1
+# needs no bump: `create_all` adds it to an existing database and older code ignores it --
+# unless older code must not run next to the new: version 2 added leases, endpoints and
+# revisions, and a version-1 control plane, which knows no leader election, would
+# reconcile next to the elected leader. It refuses a newer schema, so the bump fences it out.
+SCHEMA_VERSION = 2
 
 
 class Base(DeclarativeBase):
@@ -85,3 +88,47 @@ class UsageRow(Base):
     latency_s: Mapped[float] = mapped_column(Float)
     status: Mapped[int] = mapped_column(Integer)
     estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RevisionRow(Base):
+    """A counter per topic (resources, keys, endpoints), bumped in the same transaction as each change.
+
+    Every process polls these few rows to learn of changes other processes made (see
+    `changes.py`); the `endpoints` revision is also what the control API's long-poll compares.
+    """
+
+    __tablename__ = "revisions"
+
+    topic: Mapped[str] = mapped_column(String(32), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class LeaseRow(Base):
+    """A lease, as Kubernetes' Lease object: who holds it, since when, and until when unless renewed.
+
+    Times are unix seconds read from the database's clock, never a replica's, so that replicas
+    whose clocks disagree still agree on when a lease expired. `version` is the
+    compare-and-swap token: a write succeeds only if nobody wrote since it was read.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(253))  # "" once released
+    acquired_at: Mapped[float] = mapped_column(Float)
+    renewed_at: Mapped[float] = mapped_column(Float)
+    duration_s: Mapped[float] = mapped_column(Float)
+    transitions: Mapped[int] = mapped_column(Integer, default=0)  # times it changed hands
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class EndpointRow(Base):
+    """One deployment's ready endpoints as the leader's reconciler last published them."""
+
+    __tablename__ = "endpoints"
+
+    deployment: Mapped[str] = mapped_column(String(63), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256))
+    policy: Mapped[Any] = mapped_column(JSON)  # a preset name, or a pipeline (PolicySpec's wire form)
+    endpoints: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[float] = mapped_column(Float)

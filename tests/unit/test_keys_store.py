@@ -18,8 +18,8 @@ from computenet.store.tables import Base
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ResourceStore]:
-    opened = await ResourceStore.open(sqlite_url(tmp_path))
+async def store(database_url: str) -> AsyncIterator[ResourceStore]:
+    opened = await ResourceStore.open(database_url)
     yield opened
     await opened.close()
 
@@ -41,7 +41,8 @@ async def test_create_returns_the_text_once_and_stores_its_hash(store: ResourceS
     assert got.limits == limits and got.created_at == pytest.approx(time.time(), abs=5)
 
 
-async def test_the_key_text_is_nowhere_in_the_database(store: ResourceStore, tmp_path: Path) -> None:
+async def test_the_key_text_is_nowhere_in_the_database(tmp_path: Path) -> None:
+    store = await ResourceStore.open(sqlite_url(tmp_path))
     _, text = await store.keys.create("acme")
     key_id = key_id_of(text)
     assert key_id is not None
@@ -53,6 +54,7 @@ async def test_the_key_text_is_nowhere_in_the_database(store: ResourceStore, tmp
         assert text.encode() not in data and secret.encode() not in data
     with sqlite3.connect(tmp_path / "computenet.db") as db:
         assert db.execute("SELECT secret_sha256 FROM api_keys").fetchall() == [(hash_key(text),)]
+    await store.close()
 
 
 def _database_files(state_dir: Path) -> list[bytes]:

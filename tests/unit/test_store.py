@@ -11,11 +11,12 @@ import pytest
 from computenet.api import Deployment, DeploymentStatus, Model, ObjectMeta, load_text
 from computenet.api.models import ModelSpec
 from computenet.store import Conflict, NotFound, ResourceStore, SchemaTooNew, sqlite_url
+from computenet.store.tables import SCHEMA_VERSION
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ResourceStore]:
-    opened = await ResourceStore.open(sqlite_url(tmp_path))
+async def store(database_url: str) -> AsyncIterator[ResourceStore]:
+    opened = await ResourceStore.open(database_url)
     yield opened
     await opened.close()
 
@@ -96,11 +97,13 @@ async def test_writes_wake_watchers(store: ResourceStore) -> None:
     assert not event.is_set()
 
 
-async def test_database_is_wal_and_records_its_schema_version(store: ResourceStore, tmp_path: Path) -> None:
+async def test_sqlite_is_wal_and_records_its_schema_version(tmp_path: Path) -> None:
+    store = await ResourceStore.open(sqlite_url(tmp_path))
     await store.apply(_deployment(1))
+    await store.close()
     with sqlite3.connect(tmp_path / "computenet.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM computenet_schema").fetchone()[0] == 1
+        assert db.execute("SELECT version FROM computenet_schema").fetchone()[0] == SCHEMA_VERSION
 
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
 
 from computenet.api import UsageRecord
-from computenet.store import ResourceStore, UsageTotal, sqlite_url
+from computenet.store import ResourceStore, UsageTotal
 from computenet.store.usage import _INSERT_OR_IGNORE
 
 from .records import usage_record
@@ -28,8 +27,8 @@ def _record(request_id: str, started_at: float = DAY1, **fields: Any) -> UsageRe
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[ResourceStore]:
-    opened = await ResourceStore.open(sqlite_url(tmp_path))
+async def store(database_url: str) -> AsyncIterator[ResourceStore]:
+    opened = await ResourceStore.open(database_url)
     yield opened
     await opened.close()
 
