@@ -2,14 +2,13 @@
 
 A Pool resource names a place (this machine, a Ray cluster, a Kubernetes cluster) and its region; this
 set builds one driver per Pool through a registry keyed by `spec.type`, rebuilds a driver whose spec
-changed, and closes the driver of a Pool that was deleted. The Ray and Kubernetes drivers need optional
+changed, and removes the driver of a Pool that was deleted. The Ray and Kubernetes drivers need optional
 packages; they are imported only when a Pool of their type exists, and a missing package becomes a
 condition on that Pool naming the extra to install, not a failed control plane.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,27 +42,21 @@ def _local(name: str, spec: PoolSpec, settings: DriverSettings) -> PoolDriver:
     )
 
 
-def _imported(module: str, cls: str, extra: str) -> DriverFactory:
-    """A factory for a driver in an optional module; ImportError names the extra that provides it."""
+def _ray(name: str, spec: PoolSpec, settings: DriverSettings) -> PoolDriver:
+    from computenet.pools.ray import RayPool  # needs the `ray` extra: imported only for a ray Pool
 
-    def build(name: str, spec: PoolSpec, settings: DriverSettings) -> PoolDriver:
-        try:
-            driver_cls = getattr(importlib.import_module(module), cls)
-        except ImportError as exc:
-            raise DriverUnavailable(
-                f"the {spec.type} driver needs {exc.name or 'a package'}: pip install 'computenet[{extra}]'"
-            ) from None
-        driver: PoolDriver = driver_cls(name=name, spec=spec, state_dir=settings.state_dir)
-        return driver
-
-    return build
+    return RayPool(name=name, spec=spec, state_dir=settings.state_dir, kv_events=settings.kv_events)
 
 
-DRIVERS: dict[PoolType, DriverFactory] = {
-    "local": _local,
-    "ray": _imported("computenet.pools.ray", "RayPool", "ray"),
-    "kubernetes": _imported("computenet.pools.kubernetes", "KubernetesPool", "kubernetes"),
-}
+def _kubernetes(name: str, spec: PoolSpec, settings: DriverSettings) -> PoolDriver:
+    from computenet.pools.kubernetes import KubernetesPool  # needs the `kubernetes` extra
+
+    return KubernetesPool(name=name, spec=spec, state_dir=settings.state_dir)
+
+
+DRIVERS: dict[PoolType, DriverFactory] = {"local": _local, "ray": _ray, "kubernetes": _kubernetes}
+EXTRAS: dict[PoolType, str] = {"ray": "ray", "kubernetes": "kubernetes"}
+"""The pip extra that brings each driver's packages."""
 
 
 async def _stop_all(driver: PoolDriver) -> None:
@@ -72,10 +65,6 @@ async def _stop_all(driver: PoolDriver) -> None:
             await driver.stop(state.name)
     except Exception:  # an unreachable pool: its replicas are beyond reach, and the Pool is gone anyway
         log.exception("pool %s: could not stop its replicas", driver.name)
-
-
-class DriverUnavailable(RuntimeError):
-    """A Pool whose driver cannot be built here; the message says what to install or fix."""
 
 
 class PoolSet(Mapping[str, PoolDriver]):
@@ -137,7 +126,11 @@ class PoolSet(Mapping[str, PoolDriver]):
                 continue
             try:
                 self._drivers[name] = self._factories[spec.type](name, spec, self._settings)
-            except (DriverUnavailable, ValueError, OSError) as exc:
+            except ImportError as exc:
+                extra, needs = EXTRAS.get(spec.type, spec.type), exc.name or "a package"
+                self.problems[name] = f"{spec.type} driver needs {needs}: pip install 'computenet[{extra}]'"
+                continue
+            except (ValueError, OSError) as exc:
                 self.problems[name] = str(exc)
                 continue
             self._specs[name] = spec

@@ -4,10 +4,10 @@ and no request through the gateway fails before its first byte.
 Real parts throughout: a SQLite store, the pool set building a `RayPool` from the Pool resource, the
 reconciler with the GPU scheduler, `sim` engines in detached actors on a real three-node Ray cluster
 (head, 2 x H100, 4 x A10G, on loopback addresses), and the gateway on a 127.0.0.1 port. The deployment
-places its two one-GPU replicas with the `stability` policy (least allocated first), so one lands on
-each GPU node (not with a `spread` constraint: the GPU-less head counts as a node with none there, and
-would then keep both replicas off the one node that is left); killing the A10G node (every process of it, as a power
-loss would) leaves the H100 node, which has room for both.
+spreads its two one-GPU replicas over nodes (`spread: {key: node}`), so one lands on each GPU node (the
+GPU-less head does not count as a domain for GPU replicas); killing the A10G node (every process of it,
+as a power loss would) leaves the H100 node, which has room for both, and the spread, counting only
+live nodes, lets the replacement join its sibling there.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ metadata: {{name: web}}
 spec:
   model: llm
   engine: sim
-  placement: {{policy: stability}}
+  placement: {{spread: {{key: node}}}}
   roles: [{{replicas: 2, resources: {{gpus: 1}}}}]
 """
 
