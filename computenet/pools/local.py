@@ -17,7 +17,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,9 +117,7 @@ class LocalPool:
         path = self.log_path(name)
         if not path.exists():
             raise KeyError(f"no logs for replica {name!r}")
-        with path.open(errors="replace") as f:
-            lines = deque(f, maxlen=tail_lines) if tail_lines else list(f)
-        return "".join(lines)
+        return processes.read_log(path, tail_lines)
 
     def log_path(self, name: str) -> Path:
         return self._log_dir / f"{name}.log"

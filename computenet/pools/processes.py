@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+from collections import deque
 from pathlib import Path
 from typing import IO
 
@@ -68,6 +69,12 @@ async def terminate(proc: asyncio.subprocess.Process, grace_s: float = TERMINATE
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def read_log(path: Path, tail_lines: int | None = None) -> str:
+    """A replica's log file, or its last `tail_lines` lines, without reading it all into memory first."""
+    with path.open(errors="replace") as f:
+        return "".join(deque(f, maxlen=tail_lines) if tail_lines else f)
 
 
 def open_log(path: Path) -> IO[bytes]:

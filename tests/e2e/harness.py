@@ -57,7 +57,9 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def processes_in_groups(pgids: set[int]) -> list[int]:
+def live_processes(matches: Callable[[list[str]], bool]) -> list[int]:
+    """Pids of live (not zombie) processes whose /proc/PID/stat fields after the command name
+    (0 state, 1 ppid, 2 process group, 3 session) satisfy `matches`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -65,9 +67,13 @@ def processes_in_groups(pgids: set[int]) -> list[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) in pgids and fields[0] != "Z":
+            if fields[0] != "Z" and matches(fields):
                 found.append(int(entry.name))
     return found
+
+
+def processes_in_groups(pgids: set[int]) -> list[int]:
+    return live_processes(lambda fields: int(fields[2]) in pgids)
 
 
 class Up:

@@ -17,7 +17,7 @@ import httpx
 
 from computenet.pools.processes import free_port
 
-from .harness import wait_for
+from .harness import live_processes, wait_for
 
 START_TIMEOUT_S = 60.0
 
@@ -123,13 +123,4 @@ class GatewayProcess(Process):
 
 def children(pid: int) -> list[int]:
     """Live processes whose parent is `pid` (the local pool's replicas of one control plane)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
+    return live_processes(lambda fields: int(fields[1]) == pid)

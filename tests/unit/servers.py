@@ -30,12 +30,20 @@ async def serve(app: Any) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serve_aiohttp(app: web.Application, *, cancel_on_disconnect: bool = False) -> AsyncIterator[str]:
+async def serve_aiohttp(
+    app: web.Application, *, cancel_on_disconnect: bool = False, shutdown_timeout_s: float = 60.0
+) -> AsyncIterator[str]:
     """An aiohttp app on a free 127.0.0.1 port: the quickest way to script an upstream's behaviour.
 
-    `cancel_on_disconnect` stops a handler as soon as its client goes away, as vLLM's server does.
+    `cancel_on_disconnect` stops a handler as soon as its client goes away, as vLLM's server does;
+    `shutdown_timeout_s` bounds how long open requests (long watches, say) may hold up the exit.
     """
-    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=cancel_on_disconnect)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        handler_cancellation=cancel_on_disconnect,
+        shutdown_timeout=shutdown_timeout_s,
+    )
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

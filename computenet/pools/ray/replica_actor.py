@@ -18,7 +18,6 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,9 +59,7 @@ class ReplicaActor:
     async def logs(self, tail_lines: int | None = None) -> str:
         if not self._log_path.exists():
             return ""
-        with self._log_path.open(errors="replace") as f:
-            lines = deque(f, maxlen=tail_lines) if tail_lines else list(f)
-        return "".join(lines)
+        return processes.read_log(self._log_path, tail_lines)
 
     async def stop(self) -> None:
         """Stop the engine (SIGTERM, then SIGKILL after a grace period) and remove its log."""

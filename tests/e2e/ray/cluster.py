@@ -32,6 +32,8 @@ import pytest
 from computenet.pools import PoolDriver
 from computenet.pools.processes import free_port
 
+from ..harness import live_processes
+
 REPO = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 60.0
 HEAD_IP = "127.0.0.2"
@@ -138,16 +140,7 @@ def worker_args(gpus: int, model: str) -> list[str]:
 
 def session_pids(session: int) -> list[int]:
     """Live (not zombie) processes whose session id is `session`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z" and int(fields[3]) == session:
-                found.append(int(entry.name))
-    return found
+    return live_processes(lambda fields: int(fields[3]) == session)
 
 
 async def stop_replicas(pool: PoolDriver) -> None:

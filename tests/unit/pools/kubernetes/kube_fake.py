@@ -32,6 +32,8 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from ...servers import serve_aiohttp
+
 Obj = dict[str, Any]
 TOKEN = "test-token"
 LWS_API = "leaderworkerset.x-k8s.io/v1"
@@ -406,16 +408,11 @@ def kubeconfig(server: str, path: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def serve_fake(fake: FakeKube) -> AsyncIterator[str]:
-    runner = web.AppRunner(fake.app(), handle_signals=False, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        fake.close()
-        await runner.cleanup()
+    async with serve_aiohttp(fake.app(), shutdown_timeout_s=1.0) as url:
+        try:
+            yield url
+        finally:
+            fake.close()  # end the watch streams before the server waits on them
 
 
 def _pod_templates(workload: Obj) -> Iterable[tuple[str, Obj]]:
