@@ -7,7 +7,7 @@ Every replica serves the control API (resources, keys, usage, and the endpoints 
 gateways started with `computenet gateway --control URL` follow). With `--leader-elect`
 the replicas elect one leader through a lease in the database, and only the leader runs
 the reconciler and the pool drivers; when it dies another takes over once the lease
-expires (`--leader-elect-lease-duration`, 10 s by default). Without it this process
+expires (`--leader-elect-lease-duration`, 8 s by default). Without it this process
 reconciles unconditionally: run one replica only. The store URL comes from `--store`,
 else `$COMPUTENET_STORE_URL`, else a SQLite file in the state directory.
 

@@ -51,14 +51,17 @@ class Reconciler:
 
     async def run(self) -> None:
         """Reconcile until cancelled; one failed pass is logged and retried, never fatal."""
+        store_changed = self._store.watch()  # one event for the loop's life: writes during a pass set it
         while True:
-            wakeups = [self._store.watch(), *(pool.watch() for pool in self._pools.values())]
-            for event in wakeups:
+            for event in [store_changed, *(pool.watch() for pool in self._pools.values())]:
                 event.clear()
             try:
                 await self.reconcile_once()
             except Exception:
                 log.exception("reconcile pass failed; retrying in %.1fs", self._resync_s)
+            # Pools built during the pass (a new leader's first pass builds them all) are waited on too:
+            # their replicas turning ready must wake the next pass, not wait for the resync.
+            wakeups = [store_changed, *(pool.watch() for pool in self._pools.values())]
             waiters = [asyncio.ensure_future(event.wait()) for event in wakeups]
             try:
                 await asyncio.wait(waiters, timeout=self._resync_s, return_when=asyncio.FIRST_COMPLETED)

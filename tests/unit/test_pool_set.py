@@ -3,6 +3,7 @@ driver package reported on the Pool instead of failing the control plane. Real s
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -65,5 +66,39 @@ spec: {type: ray, address: 127.0.0.1:6379, region: us-east}
         assert "pip install 'computenet[ray]'" in ready.message
         assert (here.nodes, here.ready_nodes, here.conditions[0].reason) == (1, 1, "Reachable")
     finally:
+        await pools.close()
+        await store.close()
+
+
+async def test_a_pool_built_during_a_pass_wakes_the_next_one_when_its_replica_is_ready(
+    tmp_path: Path,
+) -> None:
+    """A new leader's first pass builds every pool; their replicas turning ready must wake the
+    reconciler at once, not after the resync period (an hour here)."""
+    store = await ResourceStore.open(sqlite_url(tmp_path))
+    pools = PoolSet(DriverSettings(tmp_path))
+    registry = EndpointRegistry()
+    task = asyncio.create_task(Reconciler(store, pools, registry, resync_s=3600).run())
+    try:
+        await store.apply_all(
+            load_text("""
+kind: Pool
+metadata: {name: here}
+---
+kind: Model
+metadata: {name: llm}
+spec: {source: sim://llm}
+---
+kind: Deployment
+metadata: {name: web}
+spec: {model: llm, engine: sim}
+""")
+        )
+        async with asyncio.timeout(30):
+            while not ((published := registry.deployment("web")) and published.upstreams):
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await pools.close()
         await store.close()
