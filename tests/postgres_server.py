@@ -13,6 +13,10 @@ The binaries are found on PATH, else under /usr/lib/postgresql/<version>/bin, wh
 `postgresql` package puts them. When PostgreSQL is not installed the tests that need it are
 skipped, except under CI (the `CI` environment variable is set), where that is a failure: CI
 installs it (`.ci/run`).
+
+No pytest here (`benchmarks/failover.py` starts its server with this module too): the fixtures
+(`postgres_server`, `postgres_url`, `database_url`) are in tests/conftest.py, and a missing
+PostgreSQL raises `NotInstalled`, which the suite turns into a skip.
 """
 
 from __future__ import annotations
@@ -28,10 +32,9 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import pytest
-from redis_server import free_port
+from prerequisites import NotInstalled
 
-from computenet.store import sqlite_url
+from computenet.pools.processes import free_port
 
 START_TIMEOUT_S = 30.0
 DEBIAN_BIN_DIRS = "/usr/lib/postgresql/*/bin"
@@ -40,7 +43,7 @@ SUPERUSER = "postgres"  # the database role initdb creates
 
 
 def postgres_bin_dir(candidates: Sequence[str] = ("initdb",)) -> Path:
-    """The directory holding initdb, postgres and createdb; skips the test when there is none."""
+    """The directory holding initdb, postgres and createdb; `NotInstalled` when there is none."""
     for candidate in candidates:
         if found := shutil.which(candidate):
             return Path(found).resolve().parent
@@ -48,10 +51,9 @@ def postgres_bin_dir(candidates: Sequence[str] = ("initdb",)) -> Path:
     for directory in versions:
         if (directory / "initdb").is_file():
             return directory
-    reason = "PostgreSQL is not installed (apt-get install postgresql); the PostgreSQL tests need a real one"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}, and CI must run them")
-    pytest.skip(reason)
+    raise NotInstalled(
+        "PostgreSQL is not installed (apt-get install postgresql); the PostgreSQL tests need a real one"
+    )
 
 
 def _version(path: Path) -> int:
@@ -145,24 +147,3 @@ class PostgresServer:
         result = subprocess.run([*self._as_user, *argv], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the whole session."""
-    with PostgresServer.started() as server:
-        yield server
-
-
-@pytest.fixture
-def postgres_url(postgres_server: PostgresServer) -> str:
-    """The URL of a fresh, empty database for one test."""
-    return postgres_server.create_database()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test that takes this runs twice: on a SQLite file, and on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    return str(request.getfixturevalue("postgres_url"))

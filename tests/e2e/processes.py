@@ -1,15 +1,19 @@
 """`computenet control` and `computenet gateway` as real subprocesses on free 127.0.0.1 ports.
 
 Each runs in its own session (process group), so a test can kill one with everything it
-started — as the kernel would when a machine dies — with `kill(signal.SIGKILL)`.
+started — as the kernel would when a machine dies — with `kill(signal.SIGKILL)`. No pytest here:
+`benchmarks/failover.py` starts its control planes and gateway with this module too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,13 @@ from computenet.pools.processes import free_port
 from .harness import live_processes, wait_for
 
 START_TIMEOUT_S = 60.0
+LOCAL_POOL = textwrap.dedent(
+    """\
+    kind: Pool
+    metadata: {name: local}
+    spec: {type: local, region: local}
+    """
+)
 
 
 class Process:
@@ -104,6 +115,29 @@ class Control(Process):
 
     def wait_up(self) -> None:
         wait_for(self.answers, START_TIMEOUT_S, f"{self.name}'s control API")
+
+
+@contextlib.contextmanager
+def control_planes(store_url: str, work: Path) -> Iterator[tuple[Control, Control]]:
+    """Two `computenet control --leader-elect` replicas (cp-a, cp-b) on one store, both answering, the
+    local pool applied at start; stopped after."""
+    pools = work / "pools.yaml"
+    pools.write_text(LOCAL_POOL)
+    first = Control("cp-a", store_url, work, "-f", str(pools))
+    second = Control("cp-b", store_url, work, "-f", str(pools))
+    try:
+        first.wait_up()
+        second.wait_up()
+        yield first, second
+    finally:
+        first.stop()
+        second.stop()
+
+
+def leader_and_follower(first: Control, second: Control, timeout_s: float = 30) -> tuple[Control, Control]:
+    """Once one of the two leads: (leader, follower)."""
+    wait_for(lambda: first.leading() or second.leading(), timeout_s, "a leader")
+    return (first, second) if first.leading() else (second, first)
 
 
 class GatewayProcess(Process):

@@ -21,18 +21,11 @@ import pytest
 from computenet.cli.main import BUNDLED_DEMO
 
 from .harness import cli, pid_alive, wait_for
-from .processes import Control, GatewayProcess, children
+from .processes import Control, GatewayProcess, children, control_planes, leader_and_follower
 
 pytestmark = pytest.mark.e2e
 
 TAKEOVER_BOUND_S = 15.0  # the issue's bound for a follower to take over from a killed leader
-POOL = textwrap.dedent(
-    """\
-    kind: Pool
-    metadata: {name: local}
-    spec: {type: local, region: local}
-    """
-)
 EXTRA = textwrap.dedent(
     """\
     kind: Tenant
@@ -48,17 +41,8 @@ EXTRA = textwrap.dedent(
 
 @pytest.fixture
 def planes(postgres_url: str, tmp_path: Path) -> Iterator[tuple[Control, Control]]:
-    pools = tmp_path / "pools.yaml"
-    pools.write_text(POOL)
-    first = Control("cp-a", postgres_url, tmp_path, "-f", str(pools))
-    second = Control("cp-b", postgres_url, tmp_path, "-f", str(pools))
-    try:
-        first.wait_up()
-        second.wait_up()
-        yield first, second
-    finally:
-        first.stop()
-        second.stop()
+    with control_planes(postgres_url, tmp_path) as planes:
+        yield planes
 
 
 def _chat(gateway: GatewayProcess) -> str:
@@ -83,9 +67,7 @@ def _resources(control: Control) -> dict[str, dict[str, object]]:
 def test_one_leader_reconciles_and_a_killed_leader_is_replaced_within_15s(
     planes: tuple[Control, Control], tmp_path: Path
 ) -> None:
-    first, second = planes
-    wait_for(lambda: first.leading() or second.leading(), 30, "a leader")
-    leader, follower = (first, second) if first.leading() else (second, first)
+    leader, follower = leader_and_follower(*planes)
     assert not follower.leading()
 
     # Writes go through either replica: here the follower's API.
