@@ -76,10 +76,16 @@ def place_replicas(
     for replica in kept:
         _bind_running(state, request(replica.spec), replica, scheduler("utilization"))
     result = PlacementResult()
+    live = {p.name for p in pools if any(n.ready for n in p.nodes)}
     for spec in sorted(pending, key=_order):
         dep = deployments[spec.deployment]
         if not allowed[spec.deployment]:
             result.unschedulable.setdefault(spec.deployment, _no_pool_reason(dep, pools))
+            continue
+        if not allowed[spec.deployment] & live:
+            names = ", ".join(sorted(allowed[spec.deployment]))
+            reason = f"the pools it may use ({names}) report no ready node; `computenet get pools` says why"
+            result.unschedulable.setdefault(spec.deployment, reason)
             continue
         decision = scheduler(dep.spec.placement.policy).place(request(spec))
         if decision.placement is None:

@@ -91,6 +91,16 @@ def test_regions_restrict_the_pools_and_an_empty_match_says_which_pools_exist() 
     )
 
 
+def test_a_deployment_whose_pools_report_no_ready_node_says_so() -> None:
+    fleet = [
+        PoolView("us", "us-east", "a", (_gpu_node("h100", 2, "H100"),)),
+        PoolView("eu", "eu-west", "b", ()),
+    ]
+    _, result = _place(_deployment(placement="{regions: [eu-west]}"), fleet=fleet)
+    assert not result.start
+    assert result.unschedulable["web"].startswith("the pools it may use (eu) report no ready node")
+
+
 def test_spread_puts_each_replica_on_another_node() -> None:
     fleet = [PoolView("ray", "us", "a", (_gpu_node("n1", 4, "A10G"), _gpu_node("n2", 4, "A10G")))]
     _, packed = _place(_deployment(replicas=2), fleet=fleet)
