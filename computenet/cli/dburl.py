@@ -15,10 +15,13 @@ from sqlalchemy.exc import ArgumentError
 from .client import CliError
 
 SUPPORTED = ("sqlite", "postgresql")
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+"""The store runs on asyncio: a URL written the usual way (`postgresql://...`) gets the async driver."""
 
 
 def database_url(flag: str, url: str, *, example: str, must_exist: bool) -> str:
-    """`url` if it names SQLite or PostgreSQL (and, with `must_exist`, an existing SQLite file)."""
+    """`url` if it names SQLite or PostgreSQL (and, with `must_exist`, an existing SQLite file), with the
+    async driver the store needs when the URL names none."""
     forms = f"give sqlite+aiosqlite:///{example} or postgresql+asyncpg://USER:PASSWORD@HOST:5432/DB"
     try:
         parsed = make_url(url)
@@ -28,6 +31,8 @@ def database_url(flag: str, url: str, *, example: str, must_exist: bool) -> str:
         raise CliError(f"error: {flag}: {parsed.get_backend_name()} is not supported; {forms}", exit_code=2)
     if must_exist and parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         raise CliError(f"error: {flag}: no database file at {parsed.database!r}", exit_code=2)
+    if parsed.drivername in ASYNC_DRIVERS:
+        return parsed.set(drivername=ASYNC_DRIVERS[parsed.drivername]).render_as_string(hide_password=False)
     return url
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from computenet.cli.dburl import database_url
 from computenet.cli.main import main
 from computenet.pools.processes import free_port
 
@@ -58,3 +59,15 @@ def test_an_unreachable_database_exits_1_without_its_password(
 def test_gateway_control_must_be_an_http_url(capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["gateway", "--control", "computenet-control:8081"]) == 2
     assert "--control must be the control API's http:// or https:// URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("postgresql://u:p%40ss@db:5432/cn", "postgresql+asyncpg://u:p%40ss@db:5432/cn"),
+        ("sqlite:///state/cn.db", "sqlite+aiosqlite:///state/cn.db"),
+        ("postgresql+asyncpg://u@db/cn", "postgresql+asyncpg://u@db/cn"),
+    ],
+)
+def test_database_urls_written_the_usual_way_get_the_async_driver(given: str, used: str) -> None:
+    assert database_url("--store", given, example="computenet.db", must_exist=False) == used
