@@ -294,8 +294,8 @@ class RegionFilter:
         if not wanted:
             return [True] * len(snap.replicas)
         local = [c.region == wanted for c in snap.candidates]
-        if not self.spill:
-            return local
+        if not self.spill or all(local):
+            return local  # a hard boundary, or nowhere else to go: nothing more to decide
         room = self._room.keep(request, snap, state)
         home = [here and ok for here, ok in zip(local, room, strict=True)]
         if any(home):
