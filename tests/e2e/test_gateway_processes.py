@@ -19,7 +19,7 @@ import httpx
 import pytest
 from redis_server import RedisServer
 
-from computenet.pools.processes import free_port
+from computenet.pools.processes import free_port, free_ports
 
 from .harness import wait_for
 
@@ -168,7 +168,7 @@ async def test_a_standalone_gateway_writes_every_usage_record_before_it_exits(tm
     from computenet.store import ResourceStore
 
     db = f"sqlite+aiosqlite:///{tmp_path / 'usage.db'}"
-    sim_port, port = free_port(), free_port()
+    sim_port, port = free_ports(2)
     sim = [sys.executable, "-m", "computenet.engines.sim", "--model", "m", "--port", str(sim_port)]
     gateway = [sys.executable, "-m", "computenet", "gateway", "--port", str(port), "--model", "m"]
     gateway += ["--upstream", f"http://127.0.0.1:{sim_port}", "--usage-db", db, "--no-access-log"]

@@ -24,7 +24,7 @@ from computenet.gateway.guards import Guards
 from computenet.gateway.metering import UsageMeter
 from computenet.gateway.routing.hashers import engine_block_hashes
 from computenet.gateway.routing.pipeline import RoutingRequest
-from computenet.pools.processes import free_port
+from computenet.pools.processes import free_port, free_ports
 
 from ..servers import serve, serve_aiohttp
 
@@ -80,7 +80,7 @@ def prompt_tokens(question: str) -> int:
 
 
 async def _sim(stack: contextlib.AsyncExitStack, name: str, role: str) -> Endpoint:
-    events, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    events, replay = (f"tcp://127.0.0.1:{port}" for port in free_ports(2))  # two at once: never equal
     config = SimConfig(
         model="m",
         time_scale=50,

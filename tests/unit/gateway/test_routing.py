@@ -36,7 +36,7 @@ from computenet.gateway.routing.pipeline import (
 from computenet.gateway.routing.prefix import ApproxPrefixIndex, text_block_hashes
 from computenet.gateway.routing.presets import PRESETS, build_pipeline
 from computenet.gateway.routing.scorers import SCORERS
-from computenet.pools.processes import free_port
+from computenet.pools.processes import free_ports
 
 from ..servers import serve
 from .test_forwarding import CHAT, gateway_with, sim, upstream
@@ -460,7 +460,7 @@ async def test_precise_prefix_sends_a_shared_prompt_to_the_replica_whose_engine_
     async with contextlib.AsyncExitStack() as stack:
         endpoints = []
         for i in range(3):
-            events, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            events, replay = (f"tcp://127.0.0.1:{port}" for port in free_ports(2))  # two at once: never equal
             config = SimConfig(
                 model="m", time_scale=50, kv_events_endpoint=events, kv_events_replay_endpoint=replay
             )

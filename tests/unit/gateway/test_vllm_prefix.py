@@ -20,7 +20,7 @@ from computenet.api import Endpoint
 from computenet.engines.sim import SimConfig
 from computenet.engines.sim.server import create_app as create_sim_app
 from computenet.gateway import EndpointRegistry, Gateway, GatewayApp
-from computenet.pools.processes import free_port
+from computenet.pools.processes import free_port, free_ports
 
 from ..servers import serve
 from .test_disagg import FirstOfTies
@@ -62,7 +62,7 @@ async def vllm_like_fleet(replicas: int, *, dead: tuple[str, ...] = ()) -> Async
         endpoints = []
         for i in range(replicas):
             name = f"r{i}"
-            events, replay = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            events, replay = (f"tcp://127.0.0.1:{port}" for port in free_ports(2))  # two at once: never equal
             config = SimConfig(
                 model="m",
                 time_scale=50,
